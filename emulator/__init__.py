@@ -1,0 +1,1 @@
+"""A local emulator of the Valence and Valsea APIs (not an emotion model)."""

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README): sets up .venv if needed, then runs the whole suite.
+# PostgreSQL tests use VALENCE_PIPELINE_TEST_POSTGRES_URL (default: the local `test` database);
+# with CI=true an unreachable PostgreSQL fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+exec .venv/bin/python -m pytest "$@"

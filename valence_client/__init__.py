@@ -1,0 +1,1 @@
+"""Typed clients for the Valence emotion API and the Valsea prosody API."""

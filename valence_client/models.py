@@ -1,0 +1,261 @@
+"""Protocol models for both providers: the one contract shared by client and emulator.
+
+Every documented response shape is accepted and normalised into one (see
+`../shared/API_REFERENCE.md`): both discrete shapes become `DiscreteResult`, both timeline
+shapes become `EmotionSegment`. The emulator builds its answers from these same models, so a
+shape the client cannot parse cannot be served either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ValenceModel = Literal["4emotions", "7emotions"]
+VALENCE_MODELS: dict[str, tuple[str, ...]] = {
+    "4emotions": ("angry", "happy", "neutral", "sad"),
+    "7emotions": ("happy", "sad", "angry", "neutral", "surprised", "disgusted", "calm"),
+}
+SEGMENT_SECONDS = 5.0
+"""The async API classifies one segment per 5 s of audio."""
+
+AsyncStatusValue = Literal["initiated", "upload_completed", "processing", "completed", "failed"]
+ValseaStatusValue = Literal["queued", "in_progress", "completed", "failed"]
+
+PROSODY_METRICS: tuple[str, ...] = ("frustration", "stress", "politeness", "hesitation", "urgency")
+PROSODY_EXPRESSIONS: tuple[str, ...] = (
+    "Admiration", "Adoration", "Aesthetic Appreciation", "Amusement", "Anger", "Anxiety", "Awe",
+    "Awkwardness", "Boredom", "Calmness", "Concentration", "Confusion", "Contemplation",
+    "Contempt", "Contentment", "Craving", "Desire", "Determination", "Disappointment", "Disgust",
+    "Distress", "Doubt", "Ecstasy", "Embarrassment", "Empathic Pain", "Entrancement", "Envy",
+    "Excitement", "Fear", "Guilt", "Horror", "Interest", "Joy", "Love", "Nostalgia", "Pain",
+    "Pride", "Realization", "Relief", "Romance", "Sadness", "Satisfaction", "Shame",
+    "Surprise (negative)", "Surprise (positive)", "Sympathy", "Tiredness", "Triumph",
+)  # fmt: skip
+"""The 48 named expression scores of a verbose Valsea utterance, in wire order."""
+
+
+class _Model(BaseModel):
+    # Providers add fields over time; unknown ones are kept rather than rejected.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def parse_clock(value: str) -> float:
+    """'00:05' -> 5.0, '01:02:03' -> 3723.0 (the `t` field of the 002 timeline shape)."""
+    seconds = 0.0
+    for part in value.strip().split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def format_clock(seconds: float) -> str:
+    """Inverse of `parse_clock` for whole seconds: 5 -> '00:05', 3723 -> '01:02:03'."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+# --------------------------------------------------------------------------- Valence
+
+
+class DiscreteResult(_Model):
+    """Discrete answer. Accepts `{main_emotion, confidence, all_predictions}` (002) and
+    `{emotions: {...}, dominant_emotion}` (000)."""
+
+    main_emotion: str
+    confidence: float
+    all_predictions: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "main_emotion" not in data and "emotions" in data:
+            scores = dict(data["emotions"])
+            dominant = data.get("dominant_emotion") or max(scores, key=scores.__getitem__)
+            return {"main_emotion": dominant, "confidence": scores.get(dominant, 0.0), "all_predictions": scores}
+        return data
+
+
+class EmotionSegment(_Model):
+    """One timeline entry. Accepts `{t: "00:05", emotion, confidence}` (002) and
+    `{timestamp, start_time, end_time, emotion, confidence, all_predictions}` (000)."""
+
+    start_s: float
+    end_s: float
+    emotion: str
+    confidence: float
+    all_predictions: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "start_s" in data:
+            return data
+        out = {k: v for k, v in data.items() if k not in {"t", "timestamp", "start_time", "end_time"}}
+        if "start_time" in data:
+            out["start_s"] = float(data["start_time"])
+            out["end_s"] = float(data.get("end_time", out["start_s"] + SEGMENT_SECONDS))
+        elif "t" in data:
+            out["start_s"] = parse_clock(str(data["t"]))
+            out["end_s"] = out["start_s"] + SEGMENT_SECONDS
+        elif "timestamp" in data:
+            out["start_s"] = float(data["timestamp"])
+            out["end_s"] = out["start_s"] + SEGMENT_SECONDS
+        return out
+
+    def to_wire_000(self) -> dict[str, Any]:
+        """The SDK README (000) shape; what the public SDK's timeline helpers index into."""
+        entry: dict[str, Any] = {
+            "timestamp": (self.start_s + self.end_s) / 2,
+            "start_time": self.start_s,
+            "end_time": self.end_s,
+            "emotion": self.emotion,
+            "confidence": self.confidence,
+        }
+        if self.all_predictions is not None:
+            entry["all_predictions"] = self.all_predictions
+        return entry
+
+    def to_wire_002(self) -> dict[str, Any]:
+        """The feature-overview (002) shape."""
+        return {"t": format_clock(self.start_s), "emotion": self.emotion, "confidence": self.confidence}
+
+
+class AsyncStatus(_Model):
+    request_id: str | None = None
+    status: AsyncStatusValue
+    emotions: list[EmotionSegment] = Field(default_factory=list)
+
+
+class PresignedPart(_Model):
+    part_number: int
+    url: str
+
+
+class InitiateResponse(_Model):
+    upload_id: str
+    request_id: str
+    presigned_urls: list[PresignedPart]
+
+
+class CompletedPart(_Model):
+    ETag: str
+    PartNumber: int
+
+
+class CompleteRequest(_Model):
+    request_id: str
+    upload_id: str
+    parts: list[CompletedPart]
+
+
+class RateLimitWindow(_Model):
+    limit: int
+    remaining: int
+    reset: float | int | str | None = None
+
+
+class RateLimitStatus(_Model):
+    """`/v1/rate-limit/status`. `limits` mixes windows and the optional `max_audio_size_mb`
+    number on the wire; here they are split."""
+
+    limits: dict[str, RateLimitWindow] = Field(default_factory=dict)
+    max_audio_size_mb: float | None = None
+    current_usage: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("limits"), dict):
+            limits = dict(data["limits"])
+            max_mb = limits.pop("max_audio_size_mb", None)
+            data = {**data, "limits": limits}
+            if max_mb is not None:
+                data["max_audio_size_mb"] = max_mb
+        return data
+
+    def to_wire(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {name: w.model_dump() for name, w in self.limits.items()}
+        if self.max_audio_size_mb is not None:
+            limits["max_audio_size_mb"] = self.max_audio_size_mb
+        return {"limits": limits, "current_usage": self.current_usage}
+
+
+class HealthStatus(_Model):
+    status: str
+    timestamp: str | float | None = None
+
+
+class ValenceErrorBody(_Model):
+    """400 validation body: `{error, error_code, min/max_duration_seconds, actual_duration_seconds}`."""
+
+    error: str = ""
+    error_code: str | None = None
+    min_duration_seconds: float | None = None
+    max_duration_seconds: float | None = None
+    actual_duration_seconds: float | None = None
+
+
+# --------------------------------------------------------------------------- Valsea
+
+
+class ProsodyJob(_Model):
+    job_id: str
+    status: ValseaStatusValue
+
+
+class ProsodyScores(_Model):
+    frustration: float
+    stress: float
+    politeness: float
+    hesitation: float
+    urgency: float
+
+
+class ProsodyUtterance(_Model):
+    """One verbose utterance. The wire's `emotions` is the 48-score array, either bare numbers
+    in `PROSODY_EXPRESSIONS` order or `{name, score}` objects; both become a name -> score map."""
+
+    text: str = ""
+    begin_s: float
+    end_s: float
+    expressions: dict[str, float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "begin_s" in data:
+            return data
+        time = data.get("time") or {}
+        raw = data.get("emotions") or []
+        if raw and isinstance(raw[0], dict):
+            expressions = {str(e["name"]): float(e["score"]) for e in raw}
+        else:
+            expressions = {name: float(score) for name, score in zip(PROSODY_EXPRESSIONS, raw, strict=False)}
+        return {
+            "text": data.get("text", ""),
+            "begin_s": float(time.get("begin", 0.0)),
+            "end_s": float(time.get("end", 0.0)),
+            "expressions": expressions,
+        }
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "time": {"begin": self.begin_s, "end": self.end_s},
+            "emotions": [{"name": n, "score": s} for n, s in self.expressions.items()],
+        }
+
+
+class ProsodyResult(_Model):
+    job_id: str
+    status: ValseaStatusValue
+    emotions: ProsodyScores
+    raw_predictions: list[ProsodyUtterance] = Field(default_factory=list)
+
+
+class ValseaErrorBody(_Model):
+    error: str | dict[str, Any] | None = None
+    message: str | None = None

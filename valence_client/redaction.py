@@ -1,0 +1,91 @@
+"""Keep secrets out of logs, exception text, artifacts and stored rows.
+
+Two kinds of secret: the API keys we were given (registered by value when a client is built)
+and the signatures inside presigned URLs (recognised by shape, since every part URL has a new
+one). `redact()` handles both; `RedactingFilter` applies it to every log record, including the
+formatted exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+REDACTED = "[REDACTED]"
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+# Query parameters that carry signatures or credentials (AWS SigV2/SigV4, our emulator's HMAC).
+_SIGNED_QUERY = re.compile(
+    r"(?i)([?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId|"
+    r"sig|signature|token|api_key|apikey|key)=)[^&#\s'\"]+"
+)
+_AUTH_HEADER = re.compile(r"(?i)((?:x-api-key|authorization)['\"]?\s*[:=]\s*['\"]?(?:Bearer\s+)?)[^'\"\s,}]+")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so `redact` masks it wherever it appears."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Mask registered secrets, presigned-URL signatures and auth header values in `text`."""
+    if not text:
+        return text
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _SIGNED_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+    return _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to log: the path stays, signature-bearing query values are masked."""
+    return redact(url)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message (args merged) and exception text through `redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string must not lose the record
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            formatter = logging.Formatter()
+            record.exc_text = redact(formatter.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_installed: set[int] = set()
+
+
+def install_redaction(logger: logging.Logger | None = None) -> None:
+    """Attach the filter to every handler of `logger` (root by default) and to the logger.
+
+    Filters on a logger do not see records propagated from children, so handlers get it too;
+    calling this again after new handlers appear is safe.
+    """
+    target = logger or logging.getLogger()
+    flt = _shared_filter
+    if id(target) not in _installed:
+        target.addFilter(flt)
+        _installed.add(id(target))
+    for handler in target.handlers:
+        if flt not in handler.filters:
+            handler.addFilter(flt)
+
+
+_shared_filter = RedactingFilter()
