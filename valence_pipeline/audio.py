@@ -26,7 +26,8 @@ BLOCK_FRAMES = 64 * 1024
 WAV_HEADER_BYTES = 44
 
 Route = Literal["discrete", "async"]
-Opener = Callable[[], IO[bytes]]
+Opener = Callable[[], "Readable"]
+Readable = IO[bytes] | io.RawIOBase
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class AudioRejected(Exception):
         self.detail = detail
 
 
-def probe(source: IO[bytes]) -> AudioInfo:
+def probe(source: Readable) -> AudioInfo:
     """Decode just the headers of `source` (seekable) and describe it; AudioRejected if unreadable."""
     try:
         with sf.SoundFile(source) as f:

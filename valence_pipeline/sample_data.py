@@ -28,7 +28,7 @@ def speech_like_blocks(
     Each channel is its own "speaker" (different pitch); in a stereo call they take turns.
     """
     rng = np.random.default_rng(seed)
-    total = int(round(duration_s * samplerate))
+    total = round(duration_s * samplerate)
     base_pitch = rng.uniform(95.0, 230.0, size=channels)
     done = 0
     while done < total:

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".valence-pipeline"
+Provider = Literal["valence", "valsea"]
 
 
 class Settings(BaseSettings):
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
         description="Parquet dataset root: a local folder or an s3://bucket/prefix.",
     )
     valence_model: Literal["4emotions", "7emotions"] = "4emotions"
-    providers: list[Literal["valence", "valsea"]] = Field(default_factory=lambda: ["valence", "valsea"])
+    providers: list[Provider] = Field(default_factory=lambda: list[Provider](["valence", "valsea"]))
     channel_mode: Literal["downmix", "split"] = "downmix"
     valsea_language: str | None = None
     valsea_granularity: Literal["word", "sentence", "utterance"] = "utterance"
