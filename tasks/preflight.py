@@ -12,7 +12,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from valence_pipeline.audio import AudioInfo, AudioRejected, Route, check_limits, probe, route, wav_size
+from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion, S3RangeReader
 from valence_pipeline.settings import Settings
 
@@ -73,3 +77,18 @@ def run_preflight(s3: Any, obj: ObjectVersion, settings: Settings) -> Preflight:
         discrete_max_bytes=settings.discrete_max_bytes,
     )
     return Preflight(obj=obj, info=info, sha256=sha256_of(s3, obj), route=chosen)
+
+
+@task(
+    name="preflight",
+    task_run_name="preflight {obj.uri}",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    cache_policy=NO_CACHE,
+)
+def preflight(obj: ObjectVersion, run_id: str) -> tuple[Preflight, int]:
+    """Check `obj` and record it (discovered or rejected with its reason); returns the row id."""
+    rt = runtime()
+    verdict = run_preflight(rt.s3, obj, rt.settings)
+    recording_id = rt.store.record_preflight(verdict, run_id=run_id)
+    return verdict, recording_id

@@ -88,8 +88,14 @@ class Settings(BaseSettings):
         default_factory=lambda: {"second": 10, "minute": 100, "hour": 1000, "day": 10000}
     )
 
-    # waiting for results
-    poll_initial_delay_s: float = 10.0
+    # waiting for results: first status call near the expected finish, then capped backoff.
+    # Valence documents a ~10 s pickup and 1-2 min of processing per audio hour; Valsea is silent,
+    # so the same order of magnitude is assumed.
+    valence_pickup_delay_s: float = 10.0
+    valence_s_per_audio_hour: float = 90.0
+    valsea_pickup_delay_s: float = 5.0
+    valsea_s_per_audio_hour: float = 60.0
+    poll_min_interval_s: float = 5.0
     poll_max_interval_s: float = 60.0
     poll_deadline_s: float = 6 * 3600.0
 

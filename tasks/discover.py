@@ -1,0 +1,66 @@
+"""Step 1: find the object versions that still need work."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from valence_pipeline.runtime import runtime
+from valence_pipeline.s3 import ObjectVersion, head_version, list_latest_versions, parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+
+def is_audio(key: str, suffixes: list[str]) -> bool:
+    return key.lower().endswith(tuple(s.lower() for s in suffixes))
+
+
+@task(
+    name="discover",
+    task_run_name="discover {sources}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_policy=NO_CACHE,
+)
+def discover(
+    sources: list[str], since: datetime | None = None, max_files: int | None = None
+) -> list[ObjectVersion]:
+    """List every prefix, keep audio modified since `since` that the store has not finished.
+
+    Listing is cheap (1,000 versions a call); the store check is one query per version.
+    Oldest first, so a `max_files` budget works through a backlog in arrival order.
+    """
+    rt = runtime()
+    found: list[ObjectVersion] = []
+    for source in sources:
+        bucket, prefix = parse_s3_uri(source)
+        for obj in list_latest_versions(rt.s3, bucket, prefix):
+            if not is_audio(obj.key, rt.settings.audio_suffixes):
+                continue
+            if since is not None and obj.last_modified < since:
+                continue
+            found.append(obj)
+    found.sort(key=lambda o: (o.last_modified, o.uri))
+    pending = [o for o in found if not rt.store.is_finished(o.bucket, o.key, o.version_token)]
+    log.info("discovered %d audio objects, %d not finished yet", len(found), len(pending))
+    return pending[:max_files] if max_files is not None else pending
+
+
+@task(
+    name="resolve",
+    task_run_name="resolve {uris}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_policy=NO_CACHE,
+)
+def resolve(uris: list[str]) -> list[ObjectVersion]:
+    """The current version of each given object (what an upload event names)."""
+    rt = runtime()
+    out = []
+    for uri in uris:
+        bucket, key = parse_s3_uri(uri)
+        out.append(head_version(rt.s3, bucket, key))
+    return out

@@ -1,0 +1,44 @@
+"""`valence-pipeline run` and `valence-pipeline demo` (import-light; the work is in handlers)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="run the nightly flow once against the configured services")
+    run.add_argument("--source", action="append", required=True, help="s3://bucket/prefix (repeatable)")
+    run.add_argument("--since", type=datetime.fromisoformat, help="only objects modified since (ISO 8601)")
+    run.add_argument("--max-files", type=int)
+    run.add_argument("--max-audio-hours", type=float)
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="everything local: SeaweedFS, the emulator, SQLite, Parquet")
+    demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and results go")
+    demo.add_argument("--time-scale", type=float, default=600.0, help="emulator clock speed-up")
+    demo.set_defaults(func=_demo)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging()
+    from flows.ingest import nightly_ingest
+
+    result = nightly_ingest(
+        source=args.source,
+        since=args.since,
+        max_files=args.max_files,
+        max_audio_hours=args.max_audio_hours,
+        trigger="manual",
+    )
+    print(result["summary"])
+    return 0 if result["failed"] == 0 else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from valence_pipeline.demo import run_demo
+
+    return run_demo(args.workdir.resolve(), time_scale=args.time_scale)

@@ -1,0 +1,108 @@
+"""Per-process wiring: the clients, the store and the S3 client that tasks share.
+
+Tasks receive plain values (URIs, ids) and reach their collaborators through `runtime()`, so
+nothing unpicklable crosses a task boundary and every thread of a run shares one HTTP pool,
+one rate limiter per provider and one database engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from valence_pipeline.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the heavy collaborators are imported when first used
+    from results_store import ResultsStore
+    from valence_client import ValenceClient, ValseaClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunFlags:
+    """Facts one task learns that change what the others do for the rest of the run."""
+
+    valsea_out_of_credits: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, shared_limits: bool = True) -> None:
+        self.settings = settings
+        self.shared_limits = shared_limits
+        self.flags = RunFlags()
+
+    def _limiter(self, provider: str, limits: dict[str, int]) -> Any:
+        from valence_client.limiter import WindowRateLimiter
+
+        if not self.shared_limits:
+            return WindowRateLimiter(limits, name=provider)
+        from valence_pipeline.limits import SharedRateLimiter, ensure_prefect_rate_limit
+
+        ensure_prefect_rate_limit(provider, limits.get("second", 10))
+        return SharedRateLimiter(provider, limits)
+
+    @cached_property
+    def valence(self) -> ValenceClient:
+        from valence_client import ValenceClient
+
+        return ValenceClient.from_settings(
+            self.settings, limiter=self._limiter("valence", self.settings.valence_rate_limits)
+        )
+
+    @cached_property
+    def valsea(self) -> ValseaClient:
+        from valence_client import ValseaClient
+
+        return ValseaClient.from_settings(
+            self.settings, limiter=self._limiter("valsea", self.settings.valsea_rate_limits)
+        )
+
+    @cached_property
+    def store(self) -> ResultsStore:
+        from results_store import ResultsStore
+
+        store = ResultsStore(self.settings.database_url)
+        store.ensure_schema_current()
+        return store
+
+    @cached_property
+    def s3(self) -> Any:
+        from valence_pipeline.s3 import make_s3_client
+
+        return make_s3_client()
+
+    def api_stats(self) -> dict[str, int]:
+        """Calls, retries and 429s per provider so far (for the run summary)."""
+        stats: dict[str, int] = {}
+        for name in ("valence", "valsea"):
+            client = self.__dict__.get(name)
+            if client is None:
+                continue
+            for key, value in client.transport.stats.as_dict().items():
+                stats[f"{name}_{key}"] = int(value)
+        return stats
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process's Runtime, built from the current settings on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+def reset_runtime(rt: Runtime | None = None) -> None:
+    """Start afresh (a new run, or tests that change settings); `rt` installs a given one."""
+    global _runtime
+    with _lock:
+        _runtime = rt
