@@ -1,0 +1,231 @@
+"""Client-side pacing per provider, so we slow down before the server has to say 429.
+
+`RateLimiter` is the interface the transport calls; `WindowRateLimiter` is the in-process,
+thread-safe implementation. A later implementation can share one budget between processes
+behind the same three methods.
+
+The in-process limiter keeps, per window (second, minute, hour, day), the times of the calls it
+admitted: a token bucket whose tokens come back exactly one window after they were spent. That
+makes the guarantee exact: in ANY interval as long as a window, no more calls are admitted than
+that window's limit (a refilling bucket would let up to twice the limit through at a boundary).
+The memory cost is one float per admitted call per window (10,000 for the documented day limit).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from valence_client._headers import header, seconds_until
+from valence_client._logging import get_logger
+
+logger = get_logger(__name__)
+
+WINDOW_SECONDS: dict[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+DEFAULT_LIMITS: dict[str, int] = {"second": 10, "minute": 100, "hour": 1000, "day": 10000}
+"""The example limits in the SDK README (10/s, 100/min, 1,000/h, 10,000/day)."""
+
+# Smallest sleep; stops a float rounding remainder from spinning the acquire loop.
+_MIN_SLEEP = 1e-4
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What the transport needs from a limiter."""
+
+    def acquire(self, cost: int = 1) -> None:
+        """Block until `cost` calls may be made now, then count them (the backpressure)."""
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from a response's headers. `X-RateLimit-*` correct the remaining budget;
+        `Retry-After` is only passed on a 429 and pauses every caller for that long."""
+
+    def configure(self, limits: Mapping[str, int]) -> None:
+        """Replace window limits, e.g. `{"minute": 100}` from `/v1/rate-limit/status`."""
+
+
+@runtime_checkable
+class UsageAware(Protocol):
+    """Optional: a limiter that can also take the server's count of what is left."""
+
+    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None: ...
+
+
+@dataclass
+class _Window:
+    seconds: float
+    limit: int
+    admitted: deque[float] = field(default_factory=deque)
+
+    def prune(self, now: float) -> None:
+        # A call admitted at t counts for [t, t + seconds).
+        while self.admitted and self.admitted[0] + self.seconds <= now:
+            self.admitted.popleft()
+
+    def wait_for(self, now: float, cost: int) -> float:
+        excess = len(self.admitted) + cost - self.limit
+        if excess <= 0:
+            return 0.0
+        return self.admitted[excess - 1] + self.seconds - now
+
+
+class WindowRateLimiter:
+    """Thread-safe limiter over second/minute/hour/day windows with an injectable clock.
+
+    `clock`/`sleep` must agree (monotonic seconds); `wall_clock` converts Unix-time reset
+    headers. `waits` and `waited_s` count the backpressure applied, for run summaries.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, int] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        name: str = "",
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self.name = name
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+        self._paused_until = float("-inf")
+        self.waits = 0
+        self.waited_s = 0.0
+        self.configure(DEFAULT_LIMITS if limits is None else limits)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        with self._lock:
+            return {name: w.limit for name, w in self._windows.items()}
+
+    def configure(self, limits: Mapping[str, int]) -> None:
+        with self._lock:
+            for name, limit in limits.items():
+                if name not in WINDOW_SECONDS:
+                    raise ValueError(f"unknown rate-limit window {name!r}; expected {sorted(WINDOW_SECONDS)}")
+                if int(limit) < 1:
+                    raise ValueError(f"rate limit for {name!r} must be >= 1, got {limit}")
+                window = self._windows.get(name)
+                if window is None:
+                    self._windows[name] = _Window(WINDOW_SECONDS[name], int(limit))
+                else:
+                    window.limit = int(limit)
+
+    def acquire(self, cost: int = 1) -> None:
+        if cost < 1:
+            raise ValueError("cost must be >= 1")
+        while True:
+            with self._lock:
+                too_big = [n for n, w in self._windows.items() if cost > w.limit]
+                if too_big:
+                    raise ValueError(
+                        f"cost {cost} exceeds the {too_big[0]} limit; it could never be admitted"
+                    )
+                now = self._clock()
+                wait = self._wait_needed(now, cost)
+                if wait <= 0:
+                    for window in self._windows.values():
+                        window.admitted.extend([now] * cost)
+                    return
+                self.waits += 1
+                self.waited_s += wait
+            logger.debug("rate limiter %s: waiting %.3fs", self.name or "-", wait)
+            self._sleep(max(wait, _MIN_SLEEP))
+
+    def _wait_needed(self, now: float, cost: int) -> float:
+        wait = self._paused_until - now
+        for window in self._windows.values():
+            window.prune(now)
+            wait = max(wait, window.wait_for(now, cost))
+        return wait
+
+    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
+        """Take the server's word that only `remaining` calls are left in `window`.
+
+        If the server counted more calls than we did (other clients share the key), placeholder
+        entries are added that expire when the server's window resets.
+        """
+        with self._lock:
+            target = self._windows.get(window)
+            if target is None:
+                return
+            now = self._clock()
+            target.prune(now)
+            missing = (target.limit - max(0, remaining)) - len(target.admitted)
+            if missing <= 0:
+                return
+            stamp = now if reset_in_s is None else min(now, now + reset_in_s - target.seconds)
+            if stamp + target.seconds <= now:
+                return
+            target.admitted = deque(sorted([*target.admitted, *([stamp] * missing)]))
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for `seconds` (the server asked us to, via Retry-After)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        now_wall = self._wall_clock()
+        pause = seconds_until(header(headers, "Retry-After"), now_wall)
+        if pause:
+            self.pause(pause)
+        for name in WINDOW_SECONDS:
+            remaining = header(headers, f"X-RateLimit-Remaining-{name}")
+            if remaining is not None:
+                reset = seconds_until(header(headers, f"X-RateLimit-Reset-{name}"), now_wall)
+                self._observe_text(name, remaining, reset)
+        self._observe_generic(headers, now_wall)
+
+    def _observe_generic(self, headers: Mapping[str, str], now_wall: float) -> None:
+        """Plain `X-RateLimit-Limit/Remaining/Reset`: applied to the window with that limit (or,
+        named by `X-RateLimit-Window`); an exhausted budget of unknown window pauses until reset."""
+        remaining = header(headers, "X-RateLimit-Remaining")
+        if remaining is None:
+            return
+        reset = seconds_until(header(headers, "X-RateLimit-Reset"), now_wall)
+        window = (header(headers, "X-RateLimit-Window") or "").strip().lower() or None
+        if window is None:
+            limit = header(headers, "X-RateLimit-Limit")
+            with self._lock:
+                matches = [
+                    n for n, w in self._windows.items() if limit is not None and str(w.limit) == limit.strip()
+                ]
+            window = matches[0] if matches else None
+        if window is not None:
+            self._observe_text(window, remaining, reset)
+        elif remaining.strip() in {"0", "0.0"} and reset:
+            self.pause(reset)
+
+    def _observe_text(self, window: str, remaining: str, reset: float | None) -> None:
+        try:
+            count = int(float(remaining))
+        except ValueError:
+            return
+        self.observe(window, count, reset)
+
+
+_registry_lock = threading.Lock()
+_registry: dict[tuple[str, str], WindowRateLimiter] = {}
+
+
+def shared_limiter(
+    provider: str, limits: Mapping[str, int] | None = None, *, scope: str = ""
+) -> WindowRateLimiter:
+    """The process-wide limiter of `provider` (and `scope`, e.g. a fingerprint of base URL and
+    key), so every client of one account shares one budget. `limits`, when given, (re)configures it.
+    """
+    with _registry_lock:
+        limiter = _registry.get((provider, scope))
+        if limiter is None:
+            limiter = _registry[(provider, scope)] = WindowRateLimiter(limits, name=provider)
+            return limiter
+    if limits is not None:
+        limiter.configure(limits)
+    return limiter

@@ -1,0 +1,391 @@
+"""Valence async upload, s3transfer-style: initiate → parts → complete, in bounded memory.
+
+Plan: `PartSizeAdjuster` picks the part size; `initiate` returns the request id and one
+presigned URL per part (the caller's `on_initiated` hook gets the request id at once, so it can
+be stored before any part goes up); parts are read lazily from the source and PUT in parallel;
+`complete` gets the ETags sorted by PartNumber.
+
+Memory: a part's bytes are read only after a slot of the bounded executor is free (the
+semaphore is taken *before* reading), so at most `max_threads` parts are held by in-flight PUTs,
+plus at most one part being assembled by the reader:
+
+    peak part memory <= (max_threads + 1) * part_size      (3 threads, 5 MiB parts: 20 MiB)
+
+whatever the file size. Sources are read front to back, once, so a local path, an open binary
+stream and a non-seekable S3 `StreamingBody` all work the same way.
+
+Part PUTs go through the transport (so they get its retries and timeouts) but without the API
+key and outside the API's rate limiter: the URLs point at the object store. Presigned URLs are
+only ever logged through `redact_url`. There is no abort endpoint in the API: an abandoned
+upload simply never completes and the provider expires it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import math
+import os
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from valence_client._logging import get_logger
+from valence_client.errors import (
+    FileSizeLimitExceededError,
+    InvalidInputError,
+    MissingFileError,
+    UploadError,
+    ValenceSDKException,
+)
+from valence_client.models import CompletedPart, InitiateResponse, PresignedPart
+from valence_client.redaction import redact_url
+from valence_client.transport import Transport
+
+logger = get_logger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+MIN_PART_SIZE = 5 * MiB
+"""S3's smallest part (every part but the last)."""
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_UPLOAD_BYTES = 1 * GiB
+"""The documented async input limit; replaced by `max_audio_size_mb` when the API reports it."""
+
+INITIATE_PATH = "/v1/asynch/emotion/upload/initiate"
+COMPLETE_PATH = "/v1/asynch/emotion/upload/complete"
+
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class PartSizeAdjuster:
+    """The one owner of the part limits: clamp to [min_size, max_size], then double until the
+    file fits in `max_parts` parts."""
+
+    min_size: int = MIN_PART_SIZE
+    max_size: int = MAX_PART_SIZE
+    max_parts: int = MAX_PARTS
+
+    def adjust(self, part_size: int, file_size: int) -> int:
+        size = min(max(int(part_size), self.min_size), self.max_size)
+        while size < self.max_size and math.ceil(file_size / size) > self.max_parts:
+            size = min(size * 2, self.max_size)
+        if math.ceil(file_size / size) > self.max_parts:
+            raise InvalidInputError(
+                f"{file_size} bytes cannot be uploaded in {self.max_parts} parts of at most {self.max_size} bytes"
+            )
+        return size
+
+    @staticmethod
+    def part_count(part_size: int, file_size: int) -> int:
+        return max(1, math.ceil(file_size / part_size))
+
+
+@dataclass
+class UploadSource:
+    """A readable, its exact size and the file name to announce."""
+
+    stream: Readable
+    size: int
+    name: str
+    owned: bool = False
+
+    def close(self) -> None:
+        if self.owned and isinstance(self.stream, io.IOBase):
+            self.stream.close()
+
+
+def check_audio_file(file_path: str | os.PathLike[str]) -> int:
+    """Size of an existing, non-empty file, or a typed input error (no HTTP call made)."""
+    path = Path(file_path)
+    if not path.is_file():
+        raise MissingFileError(f"audio file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise InvalidInputError(f"audio file is empty: {path}")
+    return size
+
+
+def open_source(source: Any, *, size: int | None = None, file_name: str | None = None) -> UploadSource:
+    """Accept a path, an open binary stream, or any readable whose size is known.
+
+    For streams the size comes from, in order: `size=`, a `size` or `_content_length` attribute
+    (our WAV streams, botocore's StreamingBody), `len`, the file descriptor, or seeking.
+    """
+    if isinstance(source, str | os.PathLike):
+        file_size = check_audio_file(source)
+        name = file_name or os.path.basename(os.fspath(source))
+        return UploadSource(open(source, "rb"), file_size, name, owned=True)
+    if not hasattr(source, "read"):
+        raise InvalidInputError(f"cannot upload a {type(source).__name__}: pass a path or a binary stream")
+    known = size if size is not None else _stream_size(source)
+    if known is None:
+        raise InvalidInputError("the stream's size is unknown: pass size=")
+    if known <= 0:
+        raise InvalidInputError("the audio stream is empty")
+    name = file_name or os.path.basename(str(getattr(source, "name", "") or "")) or "audio.wav"
+    return UploadSource(source, int(known), name)
+
+
+def _stream_size(stream: Any) -> int | None:
+    for attr in ("size", "_content_length", "len"):
+        value = getattr(stream, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+    if hasattr(stream, "__len__"):
+        return len(stream)
+    try:
+        position = stream.tell()
+        end = os.fstat(stream.fileno()).st_size
+        return end - position
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        if stream.seekable():
+            position = stream.tell()
+            end = stream.seek(0, io.SEEK_END)
+            stream.seek(position)
+            return int(end - position)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def read_exactly(stream: Readable, count: int) -> bytes:
+    """`count` bytes, or fewer only at end of stream (sockets may return short reads)."""
+    first = stream.read(count)
+    if len(first) >= count or not first:
+        return first
+    chunks = [first]
+    got = len(first)
+    while got < count:
+        chunk = stream.read(count - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def etag_matches(etag: str, md5_hex: str) -> bool:
+    """True unless the store returned an MD5-looking ETag that differs from the part's MD5.
+
+    Multipart-style (`...-3`) or opaque ETags cannot be checked and are accepted.
+    """
+    value = etag.strip().strip('"').lower()
+    return not _MD5_ETAG.match(value) or value == md5_hex
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    request_id: str
+    upload_id: str
+    parts: list[CompletedPart]
+    size: int
+    part_size: int
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class MultipartUploader:
+    """Runs one upload at a time per call; safe to share between threads."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        part_size: int = MIN_PART_SIZE,
+        max_threads: int = 3,
+        show_progress: bool = False,
+        adjuster: PartSizeAdjuster | None = None,
+        etag_attempts: int = 3,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    ) -> None:
+        if max_threads < 1:
+            raise InvalidInputError("max_threads must be >= 1")
+        self.transport = transport
+        self.part_size = part_size
+        self.max_threads = max_threads
+        self.show_progress = show_progress
+        self.adjuster = adjuster or PartSizeAdjuster()
+        self.etag_attempts = max(1, etag_attempts)
+        self.max_upload_bytes = max_upload_bytes
+
+    def upload(
+        self,
+        source: Any,
+        *,
+        size: int | None = None,
+        file_name: str | None = None,
+        on_initiated: Callable[[str], None] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadOutcome:
+        """Upload `source` and return the request id with the parts sent.
+
+        `on_initiated(request_id)` runs right after initiate, before any part; if it raises,
+        the upload stops. `progress(n)` is called with each part's byte count as it lands.
+        """
+        src = open_source(source, size=size, file_name=file_name)
+        try:
+            self._check_size(src.size)
+            part_size = self.adjuster.adjust(self.part_size, src.size)
+            count = self.adjuster.part_count(part_size, src.size)
+            initiated = self._initiate(src.name, count)
+            logger.info("upload %s: %d bytes in %d parts", initiated.request_id, src.size, count)
+            if on_initiated is not None:
+                on_initiated(initiated.request_id)
+            parts = self._send_parts(src, initiated, part_size, progress)
+            self._complete(initiated, parts)
+        finally:
+            src.close()
+        logger.info("upload %s completed", initiated.request_id)
+        return UploadOutcome(initiated.request_id, initiated.upload_id, parts, src.size, part_size)
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_upload_bytes:
+            raise FileSizeLimitExceededError(
+                f"file size ({size / MiB:.2f} MB) exceeds the async maximum ({self.max_upload_bytes / MiB:.0f} MB)",
+                max_size_mb=self.max_upload_bytes / MiB,
+                actual_size_mb=size / MiB,
+                provider=self.transport.provider,
+            )
+
+    def _initiate(self, name: str, count: int) -> InitiateResponse:
+        body = self.transport.request_json(
+            "POST", INITIATE_PATH, params={"file_name": name, "part_count": count}, idempotent=False
+        )
+        initiated = InitiateResponse.model_validate(body)
+        if len(initiated.presigned_urls) != count:
+            raise UploadError(
+                f"initiate returned {len(initiated.presigned_urls)} part URLs for {count} parts",
+                request_id=initiated.request_id,
+                provider=self.transport.provider,
+            )
+        return initiated
+
+    def _complete(self, initiated: InitiateResponse, parts: list[CompletedPart]) -> None:
+        payload = {
+            "request_id": initiated.request_id,
+            "upload_id": initiated.upload_id,
+            "parts": [p.model_dump() for p in sorted(parts, key=lambda p: p.PartNumber)],
+        }
+        # Completing with the same parts twice gives the same upload, so a retry is safe.
+        self.transport.request(
+            "POST", COMPLETE_PATH, json=payload, idempotent=True, request_id=initiated.request_id
+        )
+
+    # ------------------------------------------------------------------ parts
+
+    def _send_parts(
+        self,
+        src: UploadSource,
+        initiated: InitiateResponse,
+        part_size: int,
+        progress: ProgressCallback | None,
+    ) -> list[CompletedPart]:
+        slots = threading.BoundedSemaphore(self.max_threads)
+        failed = threading.Event()
+        futures: list[Future[CompletedPart]] = []
+        bar = tqdm(
+            total=src.size, unit="B", unit_scale=True, desc="Uploading parts", disable=not self.show_progress
+        )
+
+        def landed(future: Future[CompletedPart], count: int) -> None:
+            slots.release()
+            if future.exception() is not None:
+                failed.set()
+                return
+            bar.update(count)
+            if progress is not None:
+                progress(count)
+
+        remaining = src.size
+        with bar, ThreadPoolExecutor(self.max_threads, thread_name_prefix="valence-part") as pool:
+            for part in sorted(initiated.presigned_urls, key=lambda p: p.part_number):
+                slots.acquire()  # before reading: this is what bounds memory
+                if failed.is_set():
+                    slots.release()
+                    break
+                data = read_exactly(src.stream, min(part_size, remaining))
+                if len(data) != min(part_size, remaining):
+                    slots.release()
+                    failed.set()
+                    raise UploadError(
+                        f"source ended early at part {part.part_number}: expected {src.size} bytes",
+                        request_id=initiated.request_id,
+                        provider=self.transport.provider,
+                    )
+                remaining -= len(data)
+                future = pool.submit(self._put_part, part, data, initiated.request_id)
+                future.add_done_callback(functools.partial(landed, count=len(data)))
+                futures.append(future)
+                del data  # the task holds the only reference; freed when its PUT is done
+        return self._collect(futures, initiated.request_id)
+
+    def _collect(self, futures: list[Future[CompletedPart]], request_id: str) -> list[CompletedPart]:
+        """Every part's (PartNumber, ETag), or the first part failure as an UploadError."""
+        parts: list[CompletedPart] = []
+        for future in futures:
+            error = future.exception()
+            if isinstance(error, UploadError):
+                raise error
+            if error is not None:
+                raise UploadError(
+                    f"part upload failed: {type(error).__name__}: {error}",
+                    request_id=request_id,
+                    provider=self.transport.provider,
+                ) from error
+            parts.append(future.result())
+        return parts
+
+    def _put_part(self, part: PresignedPart, data: bytes, request_id: str) -> CompletedPart:
+        """One PUT (the transport retries failures), then the ETag check (retried here)."""
+        md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        for attempt in range(1, self.etag_attempts + 1):
+            try:
+                response = self.transport.request(
+                    "PUT", part.url, data=data, authenticated=False, rate_limited=False, request_id=request_id
+                )
+            except ValenceSDKException as exc:
+                raise UploadError(
+                    f"part {part.part_number} failed: {exc.message}",
+                    status=exc.status,
+                    error_code=exc.error_code,
+                    request_id=request_id,
+                    retryable=exc.retryable,
+                    provider=self.transport.provider,
+                ) from exc
+            etag = response.headers.get("ETag", "")
+            if etag and etag_matches(etag, md5_hex):
+                return CompletedPart(ETag=etag, PartNumber=part.part_number)
+            logger.warning(
+                "part %d to %s: ETag %r does not match MD5 %s (attempt %d/%d)",
+                part.part_number,
+                redact_url(part.url),
+                etag,
+                md5_hex,
+                attempt,
+                self.etag_attempts,
+            )
+        raise UploadError(
+            f"part {part.part_number}: the store's ETag never matched the part's MD5",
+            request_id=request_id,
+            retryable=True,
+            provider=self.transport.provider,
+        )
