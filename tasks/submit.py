@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.runtime import task_run as task_run_ctx
 
 from tasks.preflight import Preflight
-from tasks.work import JobHandle, WorkItem
+from tasks.work import JobHandle, Mode, WorkItem
 from valence_client.errors import AuthenticationError, InsufficientCreditsError, ValenceSDKException
 from valence_pipeline.audio import WavStream
 from valence_pipeline.runtime import Runtime, runtime
@@ -42,21 +42,12 @@ def plan_work(verdict: Preflight, recording_id: int, settings: Settings) -> list
         list(range(info.channels)) if settings.channel_mode == "split" and info.channels > 1 else [None]
     )
     items: list[WorkItem] = []
-    base = {"recording_id": recording_id, "obj": verdict.obj, "info": info, "sha256": verdict.sha256}
     for channel in channels:
-        if "valence" in settings.providers:
+        for provider in settings.providers:
+            mode: Mode = verdict.route if provider == "valence" else "prosody"
+            model = settings.valence_model if provider == "valence" else "valsea-prosody"
             items.append(
-                WorkItem(
-                    **base,
-                    provider="valence",
-                    mode=verdict.route,
-                    model=settings.valence_model,
-                    channel=channel,
-                )
-            )
-        if "valsea" in settings.providers:
-            items.append(
-                WorkItem(**base, provider="valsea", mode="prosody", model="valsea-prosody", channel=channel)
+                WorkItem(recording_id, verdict.obj, info, verdict.sha256, provider, mode, model, channel)
             )
     return items
 
@@ -88,7 +79,7 @@ def _resume(rt: Runtime, item: WorkItem, job: Any) -> JobHandle | None:
     """A handle for a job the provider already has, or None if it must be submitted anew."""
     try:
         if item.provider == "valence":
-            status = rt.valence.asynch.status(job.external_id).status
+            status: str = rt.valence.asynch.status(job.external_id).status
             has_audio = status in VALENCE_HAS_AUDIO
         else:
             status = rt.valsea.status(job.external_id).status

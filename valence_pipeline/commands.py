@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the nightly flow once against the configured services")
     run.add_argument("--source", action="append", required=True, help="s3://bucket/prefix (repeatable)")
     run.add_argument("--since", type=datetime.fromisoformat, help="only objects modified since (ISO 8601)")

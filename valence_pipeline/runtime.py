@@ -83,7 +83,7 @@ class Runtime:
             client = self.__dict__.get(name)
             if client is None:
                 continue
-            for key, value in client.transport.stats.as_dict().items():
+            for key, value in client.stats.items():
                 stats[f"{name}_{key}"] = int(value)
         return stats
 
