@@ -68,10 +68,12 @@ def build_transport(
         base_url,
         auth_headers=auth_headers,
         timeout=timeout,
-        retry=retry or RetryPolicy(max_retries=max_retries),
+        retry=retry if retry is not None else RetryPolicy(max_retries=max_retries),
         session=session,
-        limiter=limiter or shared_limiter(provider, rate_limits, scope=limiter_scope(base_url, key)),
-        sleep=sleep or time.sleep,
+        limiter=limiter
+        if limiter is not None
+        else shared_limiter(provider, rate_limits, scope=limiter_scope(base_url, key)),
+        sleep=sleep if sleep is not None else time.sleep,
         rng=rng,
         pool_size=pool_size,
     )

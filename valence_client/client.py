@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import requests
 
@@ -38,7 +38,14 @@ from valence_client.models import (
 )
 from valence_client.polling import Poll, PollPolicy, wait_for_job
 from valence_client.transport import RetryPolicy, Timeout, Transport, json_body
-from valence_client.upload import MiB, MultipartUploader, PartSizeAdjuster, ProgressCallback, check_audio_file
+from valence_client.upload import (
+    MiB,
+    MultipartUploader,
+    PartSizeAdjuster,
+    ProgressCallback,
+    check_audio_file,
+    read_exactly,
+)
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -82,26 +89,36 @@ class DiscreteAPI:
         file_path: str | os.PathLike[str] | None = None,
         audio_array: Iterable[float] | None = None,
         model: str = "4emotions",
+        *,
+        file: BinaryIO | None = None,
+        file_name: str | None = None,
     ) -> DiscreteResult:
-        """Emotion of a short clip, from a file or from raw samples (exactly one of them).
+        """Emotion of a short clip, from a file path, an open binary stream (`file=`) or raw
+        samples: exactly one of them.
 
         Raises `ValueError` subclasses for bad arguments (before any HTTP call),
         `FileSizeLimitExceededError` above 6 MB, `AudioTooShortError`/`AudioTooLongError` when
         the API rejects the duration.
         """
-        has_file = file_path is not None and os.fspath(file_path) != ""
-        if has_file and audio_array is not None:
+        has_path = file_path is not None and os.fspath(file_path) != ""
+        given = sum((has_path, audio_array is not None, file is not None))
+        if given > 1:
             raise InvalidInputError("Provide either file_path or audio_array, not both")
-        if not has_file and audio_array is None:
+        if given == 0:
             raise InvalidInputError("Must provide either file_path or audio_array")
         _check_model(model)
-        if file_path is not None and has_file:
-            return self._from_file(file_path, model)
+        if file_path is not None and has_path:
+            path = Path(file_path)
+            self._check_size(check_audio_file(path))
+            return self._send_file(file_name or path.name, path.read_bytes(), model)
+        if file is not None:
+            name = file_name or os.path.basename(str(getattr(file, "name", "") or "")) or "audio.wav"
+            return self._send_file(name, self._read_stream(file), model)
         assert audio_array is not None
         return self._from_samples(audio_array, model)
 
-    def _from_file(self, file_path: str | os.PathLike[str], model: str) -> DiscreteResult:
-        size = check_audio_file(file_path)
+    @staticmethod
+    def _check_size(size: int) -> None:
         size_mb = size / MiB
         if size_mb > DISCRETE_MAX_MB:
             raise FileSizeLimitExceededError(
@@ -110,11 +127,20 @@ class DiscreteAPI:
                 actual_size_mb=size_mb,
                 provider=PROVIDER,
             )
-        path = Path(file_path)
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+    def _read_stream(self, file: BinaryIO) -> bytes:
+        # One byte past the limit is enough to know it is too big, without reading it all.
+        data = read_exactly(file, int(DISCRETE_MAX_MB * MiB) + 1)
+        if not data:
+            raise InvalidInputError("the audio stream is empty")
+        self._check_size(len(data))
+        return data
+
+    def _send_file(self, name: str, data: bytes, model: str) -> DiscreteResult:
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         # At most 6 MB, so holding it lets every retry resend the same bytes.
-        files = {"file": (path.name, path.read_bytes(), content_type)}
-        logger.info("discrete emotions for %s (model=%s)", path.name, model)
+        files = {"file": (name, data, content_type)}
+        logger.info("discrete emotions for %s (model=%s)", name, model)
         body = self._transport.request_json(
             "POST", self.PATH, params={"model": model}, files=files, idempotent=True
         )
@@ -388,8 +414,8 @@ class ValenceClient:
             self.transport,
             self.uploader,
             comprehensive_output=comprehensive_output,
-            sleep=sleep or time.sleep,
-            clock=clock or time.monotonic,
+            sleep=sleep if sleep is not None else time.sleep,
+            clock=clock if clock is not None else time.monotonic,
         )
         self.rate_limit = RateLimitAPI(self.transport, self.transport.limiter, self._learn_limits)
 
@@ -424,7 +450,7 @@ class ValenceClient:
     @property
     def stats(self) -> dict[str, int]:
         """Transport counters (calls, retries, 429s, ...) for run summaries."""
-        return self.transport.stats.snapshot()
+        return self.transport.stats.as_dict()
 
     def _learn_limits(self, status: RateLimitStatus) -> None:
         if status.max_audio_size_mb is not None:

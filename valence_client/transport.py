@@ -88,7 +88,7 @@ class TransportStats:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
-    def snapshot(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int]:
         with self._lock:
             return {
                 "calls": self.calls,
@@ -98,6 +98,8 @@ class TransportStats:
                 "connection_errors": self.connection_errors,
                 "failures": self.failures,
             }
+
+    snapshot = as_dict
 
 
 @dataclass(frozen=True)
@@ -167,12 +169,12 @@ class Transport:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self.retry = retry if retry is not None else RetryPolicy()
         self.limiter = limiter
         self.stats = TransportStats()
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._rng = rng or random.Random()
+        self._rng = rng if rng is not None else random.Random()
         self._auth_headers = dict(auth_headers or {})
         for value in self._auth_headers.values():
             register_secret(value)

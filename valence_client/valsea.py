@@ -167,8 +167,8 @@ class ValseaClient:
             rng=rng,
             pool_size=10,
         )
-        self._sleep = sleep or time.sleep
-        self._clock = clock or time.monotonic
+        self._sleep = sleep if sleep is not None else time.sleep
+        self._clock = clock if clock is not None else time.monotonic
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ValseaClient:
