@@ -1,0 +1,226 @@
+"""Engines, sessions and schema migrations for the results database.
+
+SQLite (a file, the embedded default) and PostgreSQL (production) run the same code. Alembic
+scripts ship inside this package and the Alembic config is built here from the URL, so
+`valence-pipeline db upgrade` works from an installed wheel with no alembic.ini around.
+
+Tasks get a `Store` (picklable: it travels as its URL and is rebuilt once per process) and open
+their own `session_scope()`; no live session ever crosses a task boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+UPGRADE_COMMAND = "valence-pipeline db upgrade"
+# Any constant works: it only has to be the same for every process migrating this database.
+_PG_MIGRATION_LOCK = 0x76616C656E6365
+
+
+class SchemaError(RuntimeError):
+    """The database schema does not match what this code needs."""
+
+
+class SchemaBehindError(SchemaError):
+    """The database is at an older revision (or empty): migrations must be applied first."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"database schema is at {current or 'base (empty)'}, code needs {head}: run `{UPGRADE_COMMAND}`"
+        )
+
+
+class SchemaAheadError(SchemaError):
+    """The database was migrated by newer code: this code must not write to it."""
+
+    def __init__(self, current: str, head: str) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"database schema is at {current}, which this code (head {head}) does not know: "
+            "it was migrated by a newer valence-pipeline; upgrade the package"
+        )
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def create_engine_for(url: str, *, echo: bool = False) -> Engine:
+    """An engine configured for the backend named by `url` (SQLite or PostgreSQL)."""
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, echo=echo)
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str, *, echo: bool) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see below).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL: readers (the CLI) never block the writer and vice versa.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # IMMEDIATE takes the write lock up front. A deferred transaction that reads, then
+        # writes, can hit an un-waitable SQLITE_BUSY when two threads upgrade their locks at once.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the scripts shipped in this package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise SchemaError("no migration scripts found in the package")
+    return head
+
+
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty (never migrated) database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head") -> str | None:
+    """Apply migrations up to `revision`; returns the revision the database is now at."""
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two deployments starting at once must not both create the tables.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        now = current_revision(engine)
+        log.info("database %s at revision %s", make_url(url).render_as_string(hide_password=True), now)
+        return now
+    finally:
+        engine.dispose()
+
+
+def stamp(url: str, revision: str) -> None:
+    """Record `revision` as applied without running anything (tests and manual repair)."""
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.stamp(cfg, revision, purge=True)
+    finally:
+        engine.dispose()
+
+
+def ensure_schema_current(engine: Engine) -> None:
+    """Refuse to run against a database whose schema differs from the code's head revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None or current in known_revisions():
+        raise SchemaBehindError(current, head)
+    raise SchemaAheadError(current, head)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Store:
+    """The database handle the pipeline passes around: an engine plus a session factory.
+
+    `Store(url)` checks the schema revision first and raises `SchemaBehindError` when
+    migrations are missing. Pickling a Store sends only its URL; the receiving process gets
+    its own engine through `get_store`, so connection pools are never shared across processes.
+    """
+
+    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+        self.url = url
+        self.engine = create_engine_for(url)
+        if check_schema:
+            try:
+                ensure_schema_current(self.engine)
+            except BaseException:
+                self.engine.dispose()
+                raise
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """One transaction: commits when the block ends, rolls back if it raises."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (get_store, (self.url,))
+
+    def __repr__(self) -> str:
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+_stores: dict[tuple[str, int], Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(url: str) -> Store:
+    """The process-wide Store for `url` (one engine and pool per process, built on first use)."""
+    key = (url, os.getpid())
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = Store(url)
+        return store

@@ -1,0 +1,552 @@
+"""The results schema, declared once: SQLAlchemy 2.0 models and, beside each, its Parquet form.
+
+Every table that is also exported to Parquet has three things next to each other here: the ORM
+model (the system of record), a frozen dataclass "record" (one Parquet row as plain typed
+values, built from ORM rows by `repository.dataset_rows`) and a `DatasetTable` holding the
+versioned Arrow schema. Keeping them together is what lets a test check that the dataset and
+the database agree row for row, and makes a schema change a one-file diff plus a migration.
+
+Natural keys (what idempotent upserts conflict on):
+  recordings        bucket + key + object_version (version id, or "etag:<etag>" when unversioned)
+  provider_jobs     provider + external_id
+  emotion_segments  job_id + segment_index       prosody_utterances  job_id + utterance_index
+  prosody_results   job_id                       pipeline_runs       flow_run_id
+  lineage           key_hash (sha256 of kind, recording, job, output uri; see repository)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from valence_client.models import PROSODY_METRICS
+
+# --------------------------------------------------------------------------- column types
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC timestamps on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones and hands back naive values, so
+    values are normalised to UTC on the way in and re-labelled UTC on the way out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware (UTC) value")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+# SQLite only auto-increments an `INTEGER PRIMARY KEY`; PostgreSQL gets 64-bit ids.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def _enum(enum_cls: type[StrEnum], name: str) -> sa.Enum:
+    # VARCHAR + CHECK rather than a native PostgreSQL enum: adding a value later is a plain
+    # constraint swap in a migration instead of an ALTER TYPE that cannot run in a transaction.
+    return sa.Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class RecordingStatus(StrEnum):
+    DISCOVERED = "discovered"
+    REJECTED = "rejected"
+    UPLOADING = "uploading"
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINISHED_STATUSES = frozenset({RecordingStatus.COMPLETED, RecordingStatus.REJECTED})
+"""A recording version in one of these states is not processed again by a re-run."""
+
+
+class Provider(StrEnum):
+    VALENCE = "valence"
+    VALSEA = "valsea"
+
+
+class JobStatus(StrEnum):
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class RunTrigger(StrEnum):
+    SCHEDULE = "schedule"
+    EVENT = "event"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class LineageKind(StrEnum):
+    PRODUCED = "produced"
+    """The output was computed from this recording by this job in this run."""
+    REUSED_FROM = "reused_from"
+    """Same bytes (SHA-256) were already analysed: the job's results stand for this recording."""
+
+
+class OutputKind(StrEnum):
+    PARQUET = "parquet"
+    DB = "db"
+
+
+def object_version(version_id: str | None, etag: str) -> str:
+    """The version part of a recording's natural key.
+
+    S3 reports `VersionId: "null"` for objects written while versioning was off; those, like
+    objects in unversioned buckets, are told apart by ETag instead.
+    """
+    if version_id and version_id != "null":
+        return version_id
+    return f"etag:{normalise_etag(etag)}"
+
+
+def normalise_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+# --------------------------------------------------------------------------- Parquet tables
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    """One Parquet table: the versioned Arrow schema of its files and its Hive partitioning.
+
+    `schema` lists the columns stored inside each file; the partition columns live only in the
+    path (`processing_date=2025-01-02/provider=valence/`), as Hive readers expect, and are
+    added back by readers. `record` is the row type the writer accepts; its fields are the file
+    columns minus `run_id` (stamped by the writer) plus any per-row partition column.
+    """
+
+    name: str
+    version: int
+    schema: pa.Schema
+    partition_by: tuple[str, ...]
+    record: type[Any]
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """The schema written into each file, with the schema version in its metadata."""
+        return self.schema.with_metadata(
+            {
+                b"valence_pipeline.table": self.name.encode(),
+                b"valence_pipeline.schema_version": str(self.version).encode(),
+            }
+        )
+
+    @property
+    def read_schema(self) -> pa.Schema:
+        """File columns plus partition columns: what `parquet.read_table` returns."""
+        return pa.schema([*self.schema, *(PARTITION_FIELDS[name] for name in self.partition_by)])
+
+    @property
+    def row_partition_fields(self) -> tuple[str, ...]:
+        """Partition columns taken from each row (the processing date comes from the writer)."""
+        return tuple(name for name in self.partition_by if name != "processing_date")
+
+
+PARTITION_FIELDS: dict[str, pa.Field] = {
+    "processing_date": pa.field("processing_date", pa.date32(), nullable=False),
+    "provider": pa.field("provider", pa.string(), nullable=False),
+}
+
+_EXPRESSIONS = pa.map_(pa.string(), pa.float64())
+_LINEAGE_FIELDS = [
+    pa.field("recording_id", pa.int64(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("source_version", pa.string(), nullable=False),
+]
+_JOB_FIELDS = [
+    pa.field("provider_job_id", pa.int64(), nullable=False),
+    pa.field("external_job_id", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("channel", pa.int16()),
+]
+_RUN_FIELD = pa.field("run_id", pa.string(), nullable=False)
+
+
+# --------------------------------------------------------------------------- ORM
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class PipelineRun(Base):
+    """One flow run. Keyed by Prefect's flow run id so a retried flow run updates its row."""
+
+    __tablename__ = "pipeline_runs"
+
+    flow_run_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    deployment: Mapped[str | None] = mapped_column(sa.String(255))
+    trigger: Mapped[RunTrigger] = mapped_column(_enum(RunTrigger, "run_trigger"))
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    code_version: Mapped[str] = mapped_column(sa.String(64))
+    settings_hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class Recording(Base):
+    """One version of one source object (an S3 object version, or an ETag when unversioned)."""
+
+    __tablename__ = "recordings"
+    __table_args__ = (
+        sa.UniqueConstraint("bucket", "key", "object_version"),
+        # A rejected or failed recording always says why.
+        sa.CheckConstraint(
+            "status NOT IN ('rejected', 'failed') OR reason IS NOT NULL", name="reason_required"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    bucket: Mapped[str] = mapped_column(sa.String(255))
+    key: Mapped[str] = mapped_column(sa.Text)
+    object_version: Mapped[str] = mapped_column(sa.String(1100))
+    version_id: Mapped[str | None] = mapped_column(sa.String(1024))
+    etag: Mapped[str] = mapped_column(sa.String(255))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    content_type: Mapped[str | None] = mapped_column(sa.String(255))
+    duration_s: Mapped[float | None] = mapped_column(sa.Float)
+    sample_rate: Mapped[int | None] = mapped_column(sa.Integer)
+    channels: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    status: Mapped[RecordingStatus] = mapped_column(_enum(RecordingStatus, "recording_status"))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    discovered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def uri(self) -> str:
+        return s3_uri(self.bucket, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRecord:
+    recording_id: int
+    source_uri: str
+    source_version: str
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str
+    size_bytes: int
+    sha256: str | None
+    content_type: str | None
+    duration_s: float | None
+    sample_rate: int | None
+    channels: int | None
+    status: str
+    reason: str | None
+    discovered_at: dt.datetime
+    processed_at: dt.datetime | None
+
+
+RECORDINGS_TABLE = DatasetTable(
+    name="recordings",
+    version=1,
+    partition_by=("processing_date",),
+    record=RecordingRecord,
+    schema=pa.schema(
+        [
+            *_LINEAGE_FIELDS,
+            pa.field("bucket", pa.string(), nullable=False),
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("version_id", pa.string()),
+            pa.field("etag", pa.string(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+            pa.field("sha256", pa.string()),
+            pa.field("content_type", pa.string()),
+            pa.field("duration_s", pa.float64()),
+            pa.field("sample_rate", pa.int32()),
+            pa.field("channels", pa.int16()),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("discovered_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+            _RUN_FIELD,
+        ]
+    ),
+)
+
+
+class ProviderJob(Base):
+    """One call to a provider: a Valence request or a Valsea job (per channel when split)."""
+
+    __tablename__ = "provider_jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "external_id"),
+        sa.Index("ix_provider_jobs_recording", "recording_id", "provider", "channel"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(sa.ForeignKey("recordings.id", ondelete="CASCADE"))
+    provider: Mapped[Provider] = mapped_column(_enum(Provider, "provider"))
+    model: Mapped[str] = mapped_column(sa.String(64))
+    external_id: Mapped[str] = mapped_column(sa.String(255))
+    channel: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=1)
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    error_code: Mapped[str | None] = mapped_column(sa.String(64))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    flow_run_id: Mapped[str | None] = mapped_column(sa.ForeignKey("pipeline_runs.flow_run_id"), index=True)
+    task_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class EmotionSegmentRow(Base):
+    """One entry of a Valence timeline."""
+
+    __tablename__ = "emotion_segments"
+    __table_args__ = (sa.UniqueConstraint("job_id", "segment_index"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("provider_jobs.id", ondelete="CASCADE"))
+    segment_index: Mapped[int] = mapped_column(sa.Integer)
+    start_s: Mapped[float] = mapped_column(sa.Float)
+    end_s: Mapped[float] = mapped_column(sa.Float)
+    emotion: Mapped[str] = mapped_column(sa.String(32))
+    confidence: Mapped[float] = mapped_column(sa.Float)
+    all_predictions: Mapped[dict[str, float] | None] = mapped_column(JSONType)
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionSegmentRecord:
+    recording_id: int
+    source_uri: str
+    source_version: str
+    provider_job_id: int
+    external_job_id: str
+    model: str
+    channel: int | None
+    segment_index: int
+    start_s: float
+    end_s: float
+    emotion: str
+    confidence: float
+    all_predictions: dict[str, float] | None
+    provider: str = Provider.VALENCE.value
+
+
+EMOTION_SEGMENTS_TABLE = DatasetTable(
+    name="emotion_segments",
+    version=1,
+    partition_by=("processing_date", "provider"),
+    record=EmotionSegmentRecord,
+    schema=pa.schema(
+        [
+            *_LINEAGE_FIELDS,
+            *_JOB_FIELDS,
+            pa.field("segment_index", pa.int32(), nullable=False),
+            pa.field("start_s", pa.float64(), nullable=False),
+            pa.field("end_s", pa.float64(), nullable=False),
+            pa.field("emotion", pa.string(), nullable=False),
+            pa.field("confidence", pa.float64(), nullable=False),
+            pa.field("all_predictions", _EXPRESSIONS),
+            _RUN_FIELD,
+        ]
+    ),
+)
+
+
+class ProsodySummaryRow(Base):
+    """The five Valsea summary scores of one job."""
+
+    __tablename__ = "prosody_results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("provider_jobs.id", ondelete="CASCADE"), unique=True)
+    frustration: Mapped[float] = mapped_column(sa.Float)
+    stress: Mapped[float] = mapped_column(sa.Float)
+    politeness: Mapped[float] = mapped_column(sa.Float)
+    hesitation: Mapped[float] = mapped_column(sa.Float)
+    urgency: Mapped[float] = mapped_column(sa.Float)
+
+
+@dataclass(frozen=True, slots=True)
+class ProsodySummaryRecord:
+    recording_id: int
+    source_uri: str
+    source_version: str
+    provider_job_id: int
+    external_job_id: str
+    model: str
+    channel: int | None
+    frustration: float
+    stress: float
+    politeness: float
+    hesitation: float
+    urgency: float
+    provider: str = Provider.VALSEA.value
+
+
+PROSODY_SUMMARY_TABLE = DatasetTable(
+    name="prosody_summary",
+    version=1,
+    partition_by=("processing_date", "provider"),
+    record=ProsodySummaryRecord,
+    schema=pa.schema(
+        [
+            *_LINEAGE_FIELDS,
+            *_JOB_FIELDS,
+            *(pa.field(name, pa.float64(), nullable=False) for name in PROSODY_METRICS),
+            _RUN_FIELD,
+        ]
+    ),
+)
+
+
+class ProsodyUtteranceRow(Base):
+    """One verbose Valsea utterance.
+
+    The 48 expression scores are one JSON object per utterance, not 48 columns or a child
+    table: they are always read together (an utterance's profile), never filtered on in SQL,
+    and the provider may add names (the protocol models keep unknown fields). A child table
+    would write 48 rows per utterance, about 50x the rows for the same information. The
+    Parquet export stores them as a `map<string, double>` column, which DuckDB indexes as
+    `expressions['Anger']`.
+    """
+
+    __tablename__ = "prosody_utterances"
+    __table_args__ = (sa.UniqueConstraint("job_id", "utterance_index"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("provider_jobs.id", ondelete="CASCADE"))
+    utterance_index: Mapped[int] = mapped_column(sa.Integer)
+    text: Mapped[str] = mapped_column(sa.Text)
+    begin_s: Mapped[float] = mapped_column(sa.Float)
+    end_s: Mapped[float] = mapped_column(sa.Float)
+    expressions: Mapped[dict[str, float]] = mapped_column(JSONType)
+
+
+@dataclass(frozen=True, slots=True)
+class ProsodyUtteranceRecord:
+    recording_id: int
+    source_uri: str
+    source_version: str
+    provider_job_id: int
+    external_job_id: str
+    model: str
+    channel: int | None
+    utterance_index: int
+    text: str
+    begin_s: float
+    end_s: float
+    expressions: dict[str, float]
+    provider: str = Provider.VALSEA.value
+
+
+PROSODY_UTTERANCES_TABLE = DatasetTable(
+    name="prosody_utterances",
+    version=1,
+    partition_by=("processing_date", "provider"),
+    record=ProsodyUtteranceRecord,
+    schema=pa.schema(
+        [
+            *_LINEAGE_FIELDS,
+            *_JOB_FIELDS,
+            pa.field("utterance_index", pa.int32(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("begin_s", pa.float64(), nullable=False),
+            pa.field("end_s", pa.float64(), nullable=False),
+            pa.field("expressions", _EXPRESSIONS, nullable=False),
+            _RUN_FIELD,
+        ]
+    ),
+)
+
+
+class Lineage(Base):
+    """Where an output came from: source object version, provider job and pipeline run.
+
+    An output is either a Parquet file (`output_uri` is its s3:// or local path) or a set of
+    database rows (`output_uri` is `db:<table>?job_id=<id>`). `kind=reused_from` records that a
+    recording's results are another recording's (same SHA-256): `source_recording_id` and
+    `job_id` point at what was reused, so nothing was paid twice. Parquet files move when
+    rewritten (supersession, compaction); `superseded_at` marks rows whose file no longer
+    holds that recording.
+    """
+
+    __tablename__ = "lineage"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    kind: Mapped[LineageKind] = mapped_column(_enum(LineageKind, "lineage_kind"))
+    recording_id: Mapped[int] = mapped_column(sa.ForeignKey("recordings.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("provider_jobs.id", ondelete="CASCADE"), index=True
+    )
+    flow_run_id: Mapped[str | None] = mapped_column(sa.ForeignKey("pipeline_runs.flow_run_id"), index=True)
+    source_recording_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("recordings.id", ondelete="CASCADE")
+    )
+    output_kind: Mapped[OutputKind] = mapped_column(_enum(OutputKind, "output_kind"))
+    table_name: Mapped[str] = mapped_column(sa.String(64))
+    output_uri: Mapped[str] = mapped_column(sa.Text, index=True)
+    row_count: Mapped[int | None] = mapped_column(sa.Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+DATASET_TABLES: dict[str, DatasetTable] = {
+    t.name: t
+    for t in (EMOTION_SEGMENTS_TABLE, PROSODY_UTTERANCES_TABLE, PROSODY_SUMMARY_TABLE, RECORDINGS_TABLE)
+}
+
+
+def record_columns(table: DatasetTable) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(table.record))

@@ -1,0 +1,952 @@
+"""Reads and writes of the results database. Every function takes a `Session` from
+`Store.session_scope()` and leaves commit/rollback to it, so one task's writes (say, the
+segments, the job's new status and their lineage) land in one transaction.
+
+Writes are idempotent upserts on natural keys (see `models`), sent in bulk: one
+`INSERT ... ON CONFLICT DO UPDATE` statement carrying many rows (SQLAlchemy's insertmanyvalues
+batches them, with RETURNING where ids are needed), never a round trip per row. Rows are sorted
+by their key first so concurrent writers lock rows in the same order and cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from results_store.models import (
+    FINISHED_STATUSES,
+    EmotionSegmentRecord,
+    EmotionSegmentRow,
+    JobStatus,
+    Lineage,
+    LineageKind,
+    OutputKind,
+    PipelineRun,
+    ProsodySummaryRecord,
+    ProsodySummaryRow,
+    ProsodyUtteranceRecord,
+    ProsodyUtteranceRow,
+    Provider,
+    ProviderJob,
+    Recording,
+    RecordingRecord,
+    RecordingStatus,
+    RunStatus,
+    object_version,
+    s3_uri,
+)
+from results_store.records import (
+    CommitResult,
+    DatasetRows,
+    JobIn,
+    JobRef,
+    JobView,
+    LineageIn,
+    OutputView,
+    RecordingIn,
+    RecordingLineage,
+    RecordingRef,
+    RecordingView,
+    RunStart,
+    RunView,
+    SegmentView,
+    SummaryView,
+    Timeline,
+    UtteranceView,
+)
+from valence_client.models import PROSODY_METRICS, EmotionSegment, ProsodyResult
+from valence_client.redaction import redact
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 5000
+"""Rows per executemany call: bounds the parameter list held in memory for big timelines."""
+MAX_TEXT = 4000
+"""Stored error messages and reasons are truncated to this many characters."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --------------------------------------------------------------------------- upsert plumbing
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """The dialect's INSERT, which is the one that has `on_conflict_do_update`."""
+    table = model.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"results store supports sqlite and postgresql, not {dialect}")
+
+
+def _upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: dict[str, Any] | Sequence[str],
+    returning: Sequence[str] = (),
+) -> list[sa.Row[Any]]:
+    """Bulk `INSERT ... ON CONFLICT (key) DO UPDATE`. `update` names columns to take from the
+    new row, or maps columns to expressions built from `stmt.excluded` via a callable."""
+    if not rows:
+        return []
+    stmt = _insert(session, model)
+    if isinstance(update, dict):
+        set_ = {col: (expr(stmt.excluded) if callable(expr) else expr) for col, expr in update.items()}
+    else:
+        set_ = {col: stmt.excluded[col] for col in update}
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=set_)
+    table = model.__table__
+    if returning:
+        stmt = stmt.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
+    out: list[sa.Row[Any]] = []
+    for start in range(0, len(rows), CHUNK_ROWS):
+        result = session.execute(stmt, list(rows[start : start + CHUNK_ROWS]))
+        if returning:
+            out.extend(result.all())
+    return out
+
+
+def _dedupe(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """Last row per key, sorted by key. PostgreSQL refuses a statement that would update the
+    same row twice, and a fixed order keeps concurrent writers from deadlocking."""
+    latest = {tuple(row[k] for k in key): row for row in rows}
+    return [latest[k] for k in sorted(latest, key=lambda k: tuple((v is None, v) for v in k))]
+
+
+def _clean_text(text: str | None) -> str | None:
+    """Provider errors can quote presigned URLs or keys: stored text goes through `redact`."""
+    return None if text is None else redact(text)[:MAX_TEXT]
+
+
+def _check_output_uri(uri: str) -> str:
+    """Only s3:// URIs, local paths and `db:` references are stored; never an http(s) URL,
+    which is what a presigned (signed, credential-bearing) URL looks like."""
+    if "://" in uri and not uri.startswith(("s3://", "file://")):
+        raise ValueError(f"refusing to store a non-s3 URL in lineage: {redact(uri)}")
+    if "X-Amz-" in uri or "Signature=" in uri:
+        raise ValueError("refusing to store a signed URL in lineage")
+    return uri
+
+
+def db_output_uri(table: str, job_id: int) -> str:
+    """How lineage names "the rows of `table` written for job `job_id`"."""
+    return f"db:{table}?job_id={job_id}"
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+def upsert_recordings(
+    session: Session, recordings: Sequence[RecordingIn], *, now: dt.datetime | None = None
+) -> list[RecordingRef]:
+    """Insert or refresh object versions; returns refs (with their current status) in input order.
+
+    A re-listing never resets progress: status, reason and timestamps are left alone, and a
+    known checksum or probe result is not replaced by a missing one.
+    """
+    if not recordings:
+        return []
+    now = now or utcnow()
+    rows = _dedupe((_recording_row(rec, now) for rec in recordings), ("bucket", "key", "object_version"))
+    keep = ("sha256", "content_type", "duration_s", "sample_rate", "channels")
+    table = Recording.__table__
+    update: dict[str, Any] = {c: (lambda ex, c=c: sa.func.coalesce(ex[c], table.c[c])) for c in keep}
+    update.update({c: (lambda ex, c=c: ex[c]) for c in ("version_id", "etag", "size_bytes", "updated_at")})
+    returned = _upsert(
+        session,
+        Recording,
+        rows,
+        key=("bucket", "key", "object_version"),
+        update=update,
+        returning=("id", "bucket", "key", "object_version", "status"),
+    )
+    by_key = {
+        (r.bucket, r.key, r.object_version): RecordingRef(r.id, r.bucket, r.key, r.object_version, r.status)
+        for r in returned
+    }
+    return [by_key[rec.natural_key] for rec in recordings]
+
+
+def _recording_row(rec: RecordingIn, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "bucket": rec.bucket,
+        "key": rec.key,
+        "object_version": rec.object_version,
+        "version_id": rec.version_id,
+        "etag": rec.clean_etag,
+        "size_bytes": rec.size_bytes,
+        "sha256": rec.sha256,
+        "content_type": rec.content_type,
+        "duration_s": rec.duration_s,
+        "sample_rate": rec.sample_rate,
+        "channels": rec.channels,
+        "status": RecordingStatus.DISCOVERED,
+        "reason": None,
+        "discovered_at": rec.discovered_at or now,
+        "processed_at": None,
+        "updated_at": now,
+    }
+
+
+def upsert_recording(session: Session, recording: RecordingIn) -> RecordingRef:
+    return upsert_recordings(session, [recording])[0]
+
+
+def set_recording_status(
+    session: Session,
+    recording_id: int,
+    status: RecordingStatus,
+    *,
+    reason: str | None = None,
+    at: dt.datetime | None = None,
+) -> None:
+    """Move a recording to `status`. Rejected and failed need a reason; terminal states stamp
+    `processed_at`."""
+    if status in (RecordingStatus.REJECTED, RecordingStatus.FAILED) and not reason:
+        raise ValueError(f"status {status.value} needs a reason")
+    at = at or utcnow()
+    values: dict[str, Any] = {"status": status, "reason": _clean_text(reason), "updated_at": at}
+    if status in (RecordingStatus.COMPLETED, RecordingStatus.FAILED, RecordingStatus.REJECTED):
+        values["processed_at"] = at
+    result = session.execute(sa.update(Recording).where(Recording.id == recording_id).values(**values))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LookupError(f"no recording with id {recording_id}")
+
+
+def get_recording(session: Session, recording_id: int) -> RecordingView:
+    rec = session.get(Recording, recording_id)
+    if rec is None:
+        raise LookupError(f"no recording with id {recording_id}")
+    return _recording_view(rec)
+
+
+def find_recording(
+    session: Session, bucket: str, key: str, *, version_id: str | None, etag: str
+) -> RecordingRef | None:
+    """The recording row for an object version, if it was ever seen."""
+    rec = session.execute(
+        sa.select(Recording).where(
+            Recording.bucket == bucket,
+            Recording.key == key,
+            Recording.object_version == object_version(version_id, etag),
+        )
+    ).scalar_one_or_none()
+    return None if rec is None else _recording_ref(rec)
+
+
+def is_finished(session: Session, bucket: str, key: str, *, version_id: str | None, etag: str) -> bool:
+    """True when this object version was completed or rejected: a re-run skips it. New,
+    failed or interrupted versions are not finished."""
+    ref = find_recording(session, bucket, key, version_id=version_id, etag=etag)
+    return ref is not None and ref.status in FINISHED_STATUSES
+
+
+def find_completed_by_sha256(
+    session: Session, sha256: str, *, exclude_recording_id: int | None = None
+) -> RecordingRef | None:
+    """A completed recording with the same bytes that has its own completed provider jobs (the
+    original, not another reuse), newest first; None when the content is new."""
+    has_jobs = sa.exists().where(
+        ProviderJob.recording_id == Recording.id, ProviderJob.status == JobStatus.COMPLETED
+    )
+    stmt = (
+        sa.select(Recording)
+        .where(Recording.sha256 == sha256, Recording.status == RecordingStatus.COMPLETED, has_jobs)
+        .order_by(Recording.processed_at.desc(), Recording.id.desc())
+        .limit(1)
+    )
+    if exclude_recording_id is not None:
+        stmt = stmt.where(Recording.id != exclude_recording_id)
+    rec = session.execute(stmt).scalar_one_or_none()
+    return None if rec is None else _recording_ref(rec)
+
+
+def record_reuse(
+    session: Session,
+    *,
+    recording_id: int,
+    source_recording_id: int,
+    flow_run_id: str,
+    now: dt.datetime | None = None,
+) -> int:
+    """Let `recording_id` stand on `source_recording_id`'s finished results (same SHA-256).
+
+    Writes one `reused_from` lineage row per database output of the source's current jobs and
+    marks the recording completed; returns the number of lineage rows. Nothing is copied, so
+    the database holds each result once; `dataset_rows` and `timeline_for_uri` follow the link.
+    """
+    now = now or utcnow()
+    jobs = _current_jobs(session, [source_recording_id]).get(source_recording_id, [])
+    if not jobs:
+        raise LookupError(f"recording {source_recording_id} has no completed jobs to reuse")
+    produced = session.execute(
+        sa.select(Lineage).where(
+            Lineage.job_id.in_([j.id for j in jobs]),
+            Lineage.kind == LineageKind.PRODUCED,
+            Lineage.output_kind == OutputKind.DB,
+        )
+    ).scalars()
+    entries = [
+        LineageIn(
+            kind=LineageKind.REUSED_FROM,
+            recording_id=recording_id,
+            output_kind=OutputKind.DB,
+            table_name=row.table_name,
+            output_uri=row.output_uri,
+            job_id=row.job_id,
+            flow_run_id=flow_run_id,
+            source_recording_id=source_recording_id,
+            row_count=row.row_count,
+        )
+        for row in produced
+    ]
+    count = add_lineage(session, entries, now=now)
+    set_recording_status(session, recording_id, RecordingStatus.COMPLETED, at=now)
+    return count
+
+
+# --------------------------------------------------------------------------- provider jobs
+
+
+def upsert_provider_job(session: Session, job: JobIn, *, now: dt.datetime | None = None) -> int:
+    """Create or update the job keyed by (provider, external id); returns its id.
+
+    Call it as soon as the provider answers with an id, so a re-run finds the job and resumes
+    it (`find_resumable_job`) instead of paying for a new one. The run and task that first
+    submitted it are kept when a later run updates it.
+    """
+    now = now or utcnow()
+    row = {
+        "recording_id": job.recording_id,
+        "provider": job.provider,
+        "model": job.model,
+        "external_id": job.external_id,
+        "channel": job.channel,
+        "status": job.status,
+        "attempts": job.attempts,
+        "submitted_at": job.submitted_at or now,
+        "completed_at": job.completed_at,
+        "updated_at": now,
+        "error_code": job.error_code,
+        "error_message": _clean_text(job.error_message),
+        "flow_run_id": job.flow_run_id,
+        "task_run_id": job.task_run_id,
+    }
+    table = ProviderJob.__table__
+    update: dict[str, Any] = {
+        c: (lambda ex, c=c: ex[c])
+        for c in ("status", "attempts", "updated_at", "error_code", "error_message")
+    }
+    update["completed_at"] = lambda ex: sa.func.coalesce(ex.completed_at, table.c.completed_at)
+    (returned,) = _upsert(
+        session, ProviderJob, [row], key=("provider", "external_id"), update=update, returning=("id",)
+    )
+    return int(returned.id)
+
+
+def update_job(
+    session: Session,
+    job_id: int,
+    *,
+    status: JobStatus,
+    attempts: int | None = None,
+    completed_at: dt.datetime | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    """Record a job's progress. Completion and failure stamp `completed_at` when not given."""
+    now = now or utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if attempts is not None:
+        values["attempts"] = attempts
+    if status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        values["completed_at"] = completed_at or now
+    if status == JobStatus.FAILED or error_code or error_message:
+        values["error_code"] = error_code
+        values["error_message"] = _clean_text(error_message)
+    result = session.execute(sa.update(ProviderJob).where(ProviderJob.id == job_id).values(**values))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LookupError(f"no provider job with id {job_id}")
+
+
+def find_resumable_job(
+    session: Session, recording_id: int, provider: Provider, *, model: str, channel: int | None = None
+) -> JobRef | None:
+    """The newest job of this recording/provider/model/channel that has not failed: a re-run
+    polls or fetches it instead of submitting again."""
+    channel_match = ProviderJob.channel.is_(None) if channel is None else ProviderJob.channel == channel
+    job = session.execute(
+        sa.select(ProviderJob)
+        .where(
+            ProviderJob.recording_id == recording_id,
+            ProviderJob.provider == provider,
+            ProviderJob.model == model,
+            channel_match,
+            ProviderJob.status != JobStatus.FAILED,
+        )
+        .order_by(ProviderJob.submitted_at.desc(), ProviderJob.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if job is None:
+        return None
+    return JobRef(job.id, job.recording_id, job.provider, job.model, job.external_id, job.channel, job.status)
+
+
+def _job(session: Session, job_id: int) -> ProviderJob:
+    job = session.get(ProviderJob, job_id)
+    if job is None:
+        raise LookupError(f"no provider job with id {job_id}")
+    return job
+
+
+# --------------------------------------------------------------------------- results
+
+
+def save_emotion_segments(
+    session: Session, job_id: int, segments: Sequence[EmotionSegment], *, flow_run_id: str
+) -> int:
+    """Store a Valence timeline for a job (idempotent on job + segment index) and its lineage.
+
+    Rows beyond the new timeline's length are deleted, so storing a re-fetched result leaves
+    exactly that result. Returns the number of segments.
+    """
+    job = _job(session, job_id)
+    rows = [
+        {
+            "job_id": job_id,
+            "segment_index": i,
+            "start_s": seg.start_s,
+            "end_s": seg.end_s,
+            "emotion": seg.emotion,
+            "confidence": seg.confidence,
+            "all_predictions": seg.all_predictions,
+        }
+        for i, seg in enumerate(segments)
+    ]
+    values = ("start_s", "end_s", "emotion", "confidence", "all_predictions")
+    _upsert(session, EmotionSegmentRow, rows, key=("job_id", "segment_index"), update=values)
+    session.execute(
+        sa.delete(EmotionSegmentRow).where(
+            EmotionSegmentRow.job_id == job_id, EmotionSegmentRow.segment_index >= len(rows)
+        )
+    )
+    _record_db_output(session, job, "emotion_segments", len(rows), flow_run_id)
+    return len(rows)
+
+
+def save_prosody_result(session: Session, job_id: int, result: ProsodyResult, *, flow_run_id: str) -> int:
+    """Store a Valsea result for a job: the five summary scores and, when the result was verbose,
+    each utterance with its expression scores. Idempotent; returns the number of utterances."""
+    job = _job(session, job_id)
+    summary = {"job_id": job_id, **{m: getattr(result.emotions, m) for m in PROSODY_METRICS}}
+    _upsert(session, ProsodySummaryRow, [summary], key=("job_id",), update=PROSODY_METRICS)
+    rows = [
+        {
+            "job_id": job_id,
+            "utterance_index": i,
+            "text": utt.text,
+            "begin_s": utt.begin_s,
+            "end_s": utt.end_s,
+            "expressions": utt.expressions,
+        }
+        for i, utt in enumerate(result.raw_predictions)
+    ]
+    values = ("text", "begin_s", "end_s", "expressions")
+    _upsert(session, ProsodyUtteranceRow, rows, key=("job_id", "utterance_index"), update=values)
+    session.execute(
+        sa.delete(ProsodyUtteranceRow).where(
+            ProsodyUtteranceRow.job_id == job_id, ProsodyUtteranceRow.utterance_index >= len(rows)
+        )
+    )
+    _record_db_output(session, job, "prosody_results", 1, flow_run_id)
+    if rows:
+        _record_db_output(session, job, "prosody_utterances", len(rows), flow_run_id)
+    return len(rows)
+
+
+def _record_db_output(session: Session, job: ProviderJob, table: str, rows: int, flow_run_id: str) -> None:
+    entry = LineageIn(
+        kind=LineageKind.PRODUCED,
+        recording_id=job.recording_id,
+        output_kind=OutputKind.DB,
+        table_name=table,
+        output_uri=db_output_uri(table, job.id),
+        job_id=job.id,
+        flow_run_id=flow_run_id,
+        row_count=rows,
+    )
+    add_lineage(session, [entry])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def start_run(session: Session, run: RunStart) -> None:
+    """Record a flow run as running (a retried flow run, same id, updates its row)."""
+    row: dict[str, Any] = {
+        "flow_run_id": run.flow_run_id,
+        "deployment": run.deployment,
+        "trigger": run.trigger,
+        "status": RunStatus.RUNNING,
+        "started_at": run.started_at or utcnow(),
+        "ended_at": None,
+        "counts": {},
+        "code_version": run.code_version,
+        "settings_hash": run.settings_hash,
+    }
+    update = ("status", "ended_at", "code_version", "settings_hash")
+    _upsert(session, PipelineRun, [row], key=("flow_run_id",), update=update)
+
+
+def finish_run(
+    session: Session,
+    flow_run_id: str,
+    *,
+    status: RunStatus,
+    counts: dict[str, int],
+    ended_at: dt.datetime | None = None,
+) -> None:
+    values = {"status": status, "counts": dict(counts), "ended_at": ended_at or utcnow()}
+    result = session.execute(
+        sa.update(PipelineRun).where(PipelineRun.flow_run_id == flow_run_id).values(**values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LookupError(f"no pipeline run {flow_run_id}")
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def lineage_key(kind: LineageKind, recording_id: int, job_id: int | None, output_uri: str) -> str:
+    """Natural key of a lineage row, hashed so the unique index stays small whatever the URI."""
+    raw = f"{kind.value}|{recording_id}|{'' if job_id is None else job_id}|{output_uri}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def add_lineage(session: Session, entries: Sequence[LineageIn], *, now: dt.datetime | None = None) -> int:
+    """Upsert lineage rows (a repeated entry refreshes run, row count, and un-supersedes)."""
+    now = now or utcnow()
+    rows = [
+        {
+            "key_hash": lineage_key(e.kind, e.recording_id, e.job_id, e.output_uri),
+            "kind": e.kind,
+            "recording_id": e.recording_id,
+            "job_id": e.job_id,
+            "flow_run_id": e.flow_run_id,
+            "source_recording_id": e.source_recording_id,
+            "output_kind": e.output_kind,
+            "table_name": e.table_name,
+            "output_uri": _check_output_uri(e.output_uri),
+            "row_count": e.row_count,
+            "created_at": now,
+            "superseded_at": None,
+        }
+        for e in entries
+    ]
+    rows = _dedupe(rows, ("key_hash",))
+    _upsert(session, Lineage, rows, key=("key_hash",), update=("flow_run_id", "row_count", "superseded_at"))
+    return len(rows)
+
+
+def record_parquet_commit(session: Session, result: CommitResult, *, now: dt.datetime | None = None) -> int:
+    """Bring Parquet lineage in line with a dataset commit; returns lineage rows added.
+
+    Rewritten files carry their surviving recordings' lineage to the new URI; lineage rows still
+    pointing at a removed file are marked superseded (the recording was re-processed); each
+    added file gets one `produced` row per (recording, job) it holds.
+    """
+    now = now or utcnow()
+    for move in result.relocated:
+        moved = session.execute(
+            sa.select(Lineage).where(
+                Lineage.output_uri == move.old_uri, Lineage.recording_id.in_(move.recording_ids)
+            )
+        ).scalars()
+        for row in moved:
+            row.output_uri = move.new_uri
+            row.key_hash = lineage_key(row.kind, row.recording_id, row.job_id, move.new_uri)
+    session.flush()
+    if result.removed:
+        session.execute(
+            sa.update(Lineage)
+            .where(Lineage.output_uri.in_(result.removed), Lineage.superseded_at.is_(None))
+            .values(superseded_at=now)
+        )
+    entries = [
+        LineageIn(
+            kind=LineageKind.PRODUCED,
+            recording_id=src.recording_id,
+            output_kind=OutputKind.PARQUET,
+            table_name=file.table,
+            output_uri=file.uri,
+            job_id=src.job_id,
+            flow_run_id=result.run_id,
+            row_count=src.rows,
+        )
+        for file in result.added
+        for src in file.sources
+    ]
+    return add_lineage(session, entries, now=now)
+
+
+# --------------------------------------------------------------------------- current results
+
+
+def _current_jobs(session: Session, recording_ids: Sequence[int]) -> dict[int, list[ProviderJob]]:
+    """The jobs whose results stand for each recording: per provider and channel, the newest
+    completed job of the recording itself or, failing that, of what it reuses."""
+    if not recording_ids:
+        return {}
+    own = session.execute(
+        sa.select(ProviderJob).where(
+            ProviderJob.recording_id.in_(recording_ids), ProviderJob.status == JobStatus.COMPLETED
+        )
+    ).scalars()
+    reused = session.execute(
+        sa.select(Lineage.recording_id, ProviderJob)
+        .join(ProviderJob, ProviderJob.id == Lineage.job_id)
+        .where(
+            Lineage.recording_id.in_(recording_ids),
+            Lineage.kind == LineageKind.REUSED_FROM,
+            ProviderJob.status == JobStatus.COMPLETED,
+        )
+    ).all()
+    chosen: dict[int, dict[tuple[Provider, int | None], ProviderJob]] = {}
+    for job in own:
+        _keep_newest(chosen.setdefault(job.recording_id, {}), job)
+    for recording_id, job in reused:
+        slot = chosen.setdefault(recording_id, {})
+        # A recording's own results win over reused ones for the same provider.
+        if any(held.recording_id == recording_id and held.provider == job.provider for held in slot.values()):
+            continue
+        _keep_newest(slot, job)
+    return {
+        rid: sorted(slot.values(), key=lambda j: (j.provider.value, _channel_order(j.channel)))
+        for rid, slot in chosen.items()
+    }
+
+
+def _keep_newest(slot: dict[tuple[Provider, int | None], ProviderJob], job: ProviderJob) -> None:
+    key = (job.provider, job.channel)
+    held = slot.get(key)
+    if held is None or (job.completed_at or job.submitted_at, job.id) > (
+        held.completed_at or held.submitted_at,
+        held.id,
+    ):
+        slot[key] = job
+
+
+def _channel_order(channel: int | None) -> int:
+    return -1 if channel is None else channel
+
+
+def dataset_rows(session: Session, recording_ids: Sequence[int]) -> DatasetRows:
+    """The Parquet rows for these recordings, straight from the database: the recording row
+    and the results of each recording's current jobs (see `_current_jobs`)."""
+    recordings = {
+        r.id: r
+        for r in session.execute(sa.select(Recording).where(Recording.id.in_(recording_ids))).scalars()
+    }
+    jobs = _current_jobs(session, list(recordings))
+    out = DatasetRows(recordings=[_recording_record(recordings[rid]) for rid in sorted(recordings)])
+    # A job reused by several recordings yields its rows once under each of them.
+    job_by_id: dict[int, ProviderJob] = {}
+    owners_of: dict[int, list[int]] = {}
+    for rid in sorted(jobs):
+        for job in jobs[rid]:
+            job_by_id[job.id] = job
+            owners_of.setdefault(job.id, []).append(rid)
+    if not job_by_id:
+        return out
+    segments = session.execute(
+        sa.select(EmotionSegmentRow)
+        .where(EmotionSegmentRow.job_id.in_(job_by_id))
+        .order_by(EmotionSegmentRow.job_id, EmotionSegmentRow.segment_index)
+    ).scalars()
+    summaries = session.execute(
+        sa.select(ProsodySummaryRow)
+        .where(ProsodySummaryRow.job_id.in_(job_by_id))
+        .order_by(ProsodySummaryRow.job_id)
+    ).scalars()
+    utterances = session.execute(
+        sa.select(ProsodyUtteranceRow)
+        .where(ProsodyUtteranceRow.job_id.in_(job_by_id))
+        .order_by(ProsodyUtteranceRow.job_id, ProsodyUtteranceRow.utterance_index)
+    ).scalars()
+    for seg in segments:
+        for rid in owners_of[seg.job_id]:
+            out.emotion_segments.append(_segment_record(recordings[rid], job_by_id[seg.job_id], seg))
+    for summ in summaries:
+        for rid in owners_of[summ.job_id]:
+            out.prosody_summaries.append(_summary_record(recordings[rid], job_by_id[summ.job_id], summ))
+    for utt in utterances:
+        for rid in owners_of[utt.job_id]:
+            out.prosody_utterances.append(_utterance_record(recordings[rid], job_by_id[utt.job_id], utt))
+    return out
+
+
+def _recording_record(rec: Recording) -> RecordingRecord:
+    return RecordingRecord(
+        recording_id=rec.id,
+        source_uri=rec.uri,
+        source_version=rec.object_version,
+        bucket=rec.bucket,
+        key=rec.key,
+        version_id=rec.version_id,
+        etag=rec.etag,
+        size_bytes=rec.size_bytes,
+        sha256=rec.sha256,
+        content_type=rec.content_type,
+        duration_s=rec.duration_s,
+        sample_rate=rec.sample_rate,
+        channels=rec.channels,
+        status=rec.status.value,
+        reason=rec.reason,
+        discovered_at=rec.discovered_at,
+        processed_at=rec.processed_at,
+    )
+
+
+def _job_columns(rec: Recording, job: ProviderJob) -> dict[str, Any]:
+    return {
+        "recording_id": rec.id,
+        "source_uri": rec.uri,
+        "source_version": rec.object_version,
+        "provider_job_id": job.id,
+        "external_job_id": job.external_id,
+        "model": job.model,
+        "channel": job.channel,
+        "provider": job.provider.value,
+    }
+
+
+def _segment_record(rec: Recording, job: ProviderJob, seg: EmotionSegmentRow) -> EmotionSegmentRecord:
+    return EmotionSegmentRecord(
+        **_job_columns(rec, job),
+        segment_index=seg.segment_index,
+        start_s=seg.start_s,
+        end_s=seg.end_s,
+        emotion=seg.emotion,
+        confidence=seg.confidence,
+        all_predictions=seg.all_predictions,
+    )
+
+
+def _summary_record(rec: Recording, job: ProviderJob, summ: ProsodySummaryRow) -> ProsodySummaryRecord:
+    return ProsodySummaryRecord(**_job_columns(rec, job), **{m: getattr(summ, m) for m in PROSODY_METRICS})
+
+
+def _utterance_record(rec: Recording, job: ProviderJob, utt: ProsodyUtteranceRow) -> ProsodyUtteranceRecord:
+    return ProsodyUtteranceRecord(
+        **_job_columns(rec, job),
+        utterance_index=utt.utterance_index,
+        text=utt.text,
+        begin_s=utt.begin_s,
+        end_s=utt.end_s,
+        expressions=utt.expressions,
+    )
+
+
+# --------------------------------------------------------------------------- CLI queries
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"expected s3://bucket/key, got {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or not key:
+        raise ValueError(f"expected s3://bucket/key, got {uri!r}")
+    return bucket, key
+
+
+def _versions(session: Session, uri: str, version: str | None) -> list[Recording]:
+    """Recordings for an s3:// URI, newest first; `version` matches a version id or ETag."""
+    bucket, key = parse_s3_uri(uri)
+    stmt = sa.select(Recording).where(Recording.bucket == bucket, Recording.key == key)
+    if version is not None:
+        etag_token = f"etag:{version.strip().strip(chr(34))}"
+        stmt = stmt.where(sa.or_(Recording.object_version == version, Recording.object_version == etag_token))
+    return list(session.execute(stmt.order_by(Recording.discovered_at.desc(), Recording.id.desc())).scalars())
+
+
+def lineage_for_uri(session: Session, uri: str, *, version: str | None = None) -> list[RecordingLineage]:
+    """The whole chain for each version of an object (newest first): the object version, its
+    provider jobs, their outputs (database rows, Parquet files, reuse links) and the runs."""
+    out = []
+    for rec in _versions(session, uri, version):
+        outputs = list(
+            session.execute(
+                sa.select(Lineage)
+                .where(Lineage.recording_id == rec.id)
+                .order_by(Lineage.created_at, Lineage.id)
+            ).scalars()
+        )
+        job_ids = {o.job_id for o in outputs if o.job_id is not None}
+        jobs = session.execute(
+            sa.select(ProviderJob)
+            .where(sa.or_(ProviderJob.recording_id == rec.id, ProviderJob.id.in_(job_ids)))
+            .order_by(ProviderJob.submitted_at, ProviderJob.id)
+        ).scalars()
+        job_views = [_job_view(j) for j in jobs]
+        run_ids = {o.flow_run_id for o in outputs} | {j.flow_run_id for j in job_views}
+        runs = session.execute(
+            sa.select(PipelineRun)
+            .where(PipelineRun.flow_run_id.in_({r for r in run_ids if r}))
+            .order_by(PipelineRun.started_at)
+        ).scalars()
+        sources = {o.source_recording_id for o in outputs if o.source_recording_id is not None}
+        reused = [_recording_view(r) for r in _recordings_by_id(session, sources)]
+        out.append(
+            RecordingLineage(
+                recording=_recording_view(rec),
+                jobs=job_views,
+                outputs=[_output_view(o) for o in outputs],
+                runs=[_run_view(r) for r in runs],
+                reused_from=reused,
+            )
+        )
+    return out
+
+
+def timeline_for_uri(session: Session, uri: str, *, version: str | None = None) -> Timeline | None:
+    """The emotion timeline of the newest (or the given) version, with its prosody; None when
+    the object was never seen."""
+    versions = _versions(session, uri, version)
+    if not versions:
+        return None
+    rec = versions[0]
+    jobs = _current_jobs(session, [rec.id]).get(rec.id, [])
+    by_id = {j.id: j for j in jobs}
+    segments = session.execute(
+        sa.select(EmotionSegmentRow)
+        .where(EmotionSegmentRow.job_id.in_(by_id))
+        .order_by(EmotionSegmentRow.start_s, EmotionSegmentRow.job_id)
+    ).scalars()
+    utterances = session.execute(
+        sa.select(ProsodyUtteranceRow)
+        .where(ProsodyUtteranceRow.job_id.in_(by_id))
+        .order_by(ProsodyUtteranceRow.begin_s, ProsodyUtteranceRow.job_id)
+    ).scalars()
+    summaries = session.execute(
+        sa.select(ProsodySummaryRow)
+        .where(ProsodySummaryRow.job_id.in_(by_id))
+        .order_by(ProsodySummaryRow.job_id)
+    ).scalars()
+    source_ids = {j.recording_id for j in jobs if j.recording_id != rec.id}
+    sources = _recordings_by_id(session, source_ids)
+    return Timeline(
+        recording=_recording_view(rec),
+        segments=[
+            SegmentView(by_id[s.job_id].channel, s.start_s, s.end_s, s.emotion, s.confidence)
+            for s in segments
+        ],
+        utterances=[
+            UtteranceView(by_id[u.job_id].channel, u.begin_s, u.end_s, u.text, dict(u.expressions))
+            for u in utterances
+        ],
+        summaries=[
+            SummaryView(
+                by_id[s.job_id].channel,
+                by_id[s.job_id].external_id,
+                {m: getattr(s, m) for m in PROSODY_METRICS},
+            )
+            for s in summaries
+        ],
+        reused_from=_recording_view(sources[0]) if sources else None,
+    )
+
+
+def _recordings_by_id(session: Session, ids: Iterable[int]) -> list[Recording]:
+    ids = list(ids)
+    if not ids:
+        return []
+    return list(
+        session.execute(sa.select(Recording).where(Recording.id.in_(ids)).order_by(Recording.id)).scalars()
+    )
+
+
+def _recording_ref(rec: Recording) -> RecordingRef:
+    return RecordingRef(rec.id, rec.bucket, rec.key, rec.object_version, rec.status)
+
+
+def _recording_view(rec: Recording) -> RecordingView:
+    return RecordingView(
+        id=rec.id,
+        uri=s3_uri(rec.bucket, rec.key),
+        object_version=rec.object_version,
+        version_id=rec.version_id,
+        etag=rec.etag,
+        size_bytes=rec.size_bytes,
+        sha256=rec.sha256,
+        content_type=rec.content_type,
+        duration_s=rec.duration_s,
+        sample_rate=rec.sample_rate,
+        channels=rec.channels,
+        status=rec.status,
+        reason=rec.reason,
+        discovered_at=rec.discovered_at,
+        processed_at=rec.processed_at,
+    )
+
+
+def _job_view(job: ProviderJob) -> JobView:
+    return JobView(
+        id=job.id,
+        provider=job.provider,
+        model=job.model,
+        external_id=job.external_id,
+        channel=job.channel,
+        status=job.status,
+        attempts=job.attempts,
+        submitted_at=job.submitted_at,
+        completed_at=job.completed_at,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        flow_run_id=job.flow_run_id,
+        task_run_id=job.task_run_id,
+        recording_id=job.recording_id,
+    )
+
+
+def _output_view(row: Lineage) -> OutputView:
+    return OutputView(
+        kind=row.kind,
+        output_kind=row.output_kind,
+        table_name=row.table_name,
+        uri=row.output_uri,
+        row_count=row.row_count,
+        job_id=row.job_id,
+        flow_run_id=row.flow_run_id,
+        source_recording_id=row.source_recording_id,
+        created_at=row.created_at,
+        superseded_at=row.superseded_at,
+    )
+
+
+def _run_view(run: PipelineRun) -> RunView:
+    return RunView(
+        flow_run_id=run.flow_run_id,
+        deployment=run.deployment,
+        trigger=run.trigger,
+        status=run.status,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        counts=dict(run.counts),
+        code_version=run.code_version,
+        settings_hash=run.settings_hash,
+    )
