@@ -92,7 +92,8 @@ def process_objects(
     )
     progress.advance(len(checked))
     summary.outcomes.extend(outcomes)
-    summary.parquet_files = export_parquet(run_id)
+    finished = ids + [rid for (_, rid), o in zip(accepted, reused, strict=True) if o is not None]
+    summary.parquet_files = export_parquet(run_id, finished)
     summary.api = rt.api_stats()
     summary.notes = list(rt.flags.notes)
     text = publish_report(summary, rejected_rows)

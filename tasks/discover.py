@@ -44,7 +44,7 @@ def discover(
                 continue
             found.append(obj)
     found.sort(key=lambda o: (o.last_modified, o.uri))
-    pending = [o for o in found if not rt.store.is_finished(o.bucket, o.key, o.version_token)]
+    pending = [o for o in found if not rt.store.is_finished(o)]
     log.info("discovered %d audio objects, %d not finished yet", len(found), len(pending))
     return pending[:max_files] if max_files is not None else pending
 

@@ -47,10 +47,10 @@ def persist_recording(recording_id: int, uri: str, handles: list[JobHandle], run
         label = h.item.provider + (f"/ch{h.item.channel}" if h.item.channel is not None else "")
         if h.state in ("completed", "skipped"):
             if h.segments:
-                store.save_emotion_segments(h.job_id, h.segments)
+                store.save_emotion_segments(h.job_id, h.segments, run_id)
                 outcome.emotions.update(s.emotion for s in h.segments if s.confidence >= min_conf)
             if h.prosody is not None:
-                store.save_prosody(h.job_id, h.prosody)
+                store.save_prosody(h.job_id, h.prosody, run_id)
             store.update_job(h.job_id, status="completed")
             outcome.jobs[label] = f"completed {h.external_id or ''}".strip()
         else:
@@ -61,10 +61,7 @@ def persist_recording(recording_id: int, uri: str, handles: list[JobHandle], run
             outcome.jobs[label] = f"failed ({h.error_code})"
     if failures:
         outcome.status, outcome.reason = "failed", "; ".join(failures)
-    store.finish_recording(recording_id, status=outcome.status, reason=outcome.reason, run_id=run_id)
-    store.add_lineage(
-        run_id=run_id, recording_id=recording_id, job_ids=[h.job_id for h in handles], output_uri="db"
-    )
+    store.finish_recording(recording_id, status=outcome.status, reason=outcome.reason)
     return outcome
 
 
@@ -75,7 +72,8 @@ def persist_recording(recording_id: int, uri: str, handles: list[JobHandle], run
     retry_delay_seconds=[5, 30],
     cache_policy=NO_CACHE,
 )
-def export_parquet(run_id: str) -> list[str]:
-    """One Parquet commit per run (not a file per recording), from what the database holds."""
+def export_parquet(run_id: str, recording_ids: list[int]) -> list[str]:
+    """One Parquet commit per run (not a file per recording), from what the database holds,
+    so the dataset and the database agree row for row."""
     rt = runtime()
-    return rt.store.export_run(run_id, rt.settings.output_uri)
+    return rt.store.export_run(run_id, recording_ids, rt.settings.output_uri)

@@ -90,5 +90,5 @@ def preflight(obj: ObjectVersion, run_id: str) -> tuple[Preflight, int]:
     """Check `obj` and record it (discovered or rejected with its reason); returns the row id."""
     rt = runtime()
     verdict = run_preflight(rt.s3, obj, rt.settings)
-    recording_id = rt.store.record_preflight(verdict, run_id=run_id)
+    recording_id = rt.store.record_preflight(verdict)
     return verdict, recording_id

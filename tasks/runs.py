@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 )
 def open_run(run_id: str, name: str, trigger: str, deployment: str | None) -> None:
     rt = runtime()
+    log.info("run %s (%s) starting", name, run_id)
     rt.store.start_run(
-        run_id=run_id,
-        name=name,
+        run_id,
         trigger=trigger,
         deployment=deployment,
         code_version=__version__,
@@ -53,7 +53,7 @@ def failed_versions(max_files: int | None) -> list[ObjectVersion]:
 def reuse_known_content(verdict: Preflight, recording_id: int, run_id: str) -> RecordingOutcome | None:
     """Same bytes already analysed under another key or version: link, don't pay again."""
     assert verdict.sha256 is not None and verdict.info is not None
-    source = runtime().store.reuse_results(recording_id, verdict.sha256, run_id=run_id)
+    source = runtime().store.reuse_results(recording_id, verdict.sha256, run_id)
     if source is None:
         return None
     log.info("%s has the same content as %s: reusing its results", verdict.obj.uri, source)

@@ -100,8 +100,8 @@ def submit_item(rt: Runtime, item: WorkItem, *, force_new: bool = False) -> JobH
     """Submit one work item (or resume its earlier submission); raises provider errors."""
     store = rt.store
     if not force_new and item.mode != "discrete":
-        previous = store.latest_job(item.recording_id, item.provider, item.channel)
-        if previous is not None and previous.external_id and previous.status != "failed":
+        previous = store.latest_job(item)
+        if previous is not None and not previous.external_id.startswith("unsubmitted:"):
             if previous.status == "completed":
                 return JobHandle(
                     item=item, job_id=previous.id, external_id=previous.external_id, state="skipped"

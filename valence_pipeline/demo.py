@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def _pipeline_env(workdir: Path, sw: SeaweedFS, emu: Any, time_scale: float) -> 
 
 def run_demo(workdir: Path, time_scale: float = 600.0) -> int:
     import boto3
+
     from emulator.process import EmulatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,7 @@ def run_demo(workdir: Path, time_scale: float = 600.0) -> int:
 def _run_nightly() -> dict[str, Any]:
     # Imported only now: Prefect and the settings must see the environment set above.
     from flows.ingest import nightly_ingest
-    from results_store import upgrade
+    from results_store.db import upgrade
     from valence_pipeline.logs import setup_logging
     from valence_pipeline.runtime import reset_runtime
     from valence_pipeline.settings import get_settings
@@ -94,7 +96,7 @@ def _run_nightly() -> dict[str, Any]:
 
 
 def _print_outcome(workdir: Path, result: dict[str, Any], ledger: dict[str, Any]) -> None:
-    paid = ledger.get("totals", {})
+    paid = Counter(entry["kind"] for entry in ledger["entries"])
     print()
     print(result["summary"])
     print()

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from valence_pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # the heavy collaborators are imported when first used
-    from results_store import ResultsStore
     from valence_client import ValenceClient, ValseaClient
+    from valence_pipeline.bookkeeping import PipelineStore
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,10 @@ class Runtime:
         )
 
     @cached_property
-    def store(self) -> ResultsStore:
-        from results_store import ResultsStore
+    def store(self) -> PipelineStore:
+        from valence_pipeline.bookkeeping import PipelineStore
 
-        store = ResultsStore(self.settings.database_url)
-        store.ensure_schema_current()
-        return store
+        return PipelineStore(self.settings.database_url)
 
     @cached_property
     def s3(self) -> Any:

@@ -1,0 +1,218 @@
+"""The nightly flow end to end: SeaweedFS + the emulator + the results store, on Prefect.
+
+Each test gets its own bucket, database and Parquet folder; the emulator's ledger is the proof
+of what was paid for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from valence_pipeline.sample_data import SampleRecording, upload_samples
+from valence_pipeline.seaweedfs import SeaweedFS
+
+SAMPLES: tuple[SampleRecording, ...] = (
+    SampleRecording("in/clip-6s.wav", 6),
+    SampleRecording("in/call-40s.wav", 40),
+    SampleRecording("in/stereo-30s.wav", 30, channels=2),
+    SampleRecording("in/meeting-20s.flac", 20, fmt="FLAC"),
+    SampleRecording("in/hangup-2s.wav", 2, expect="rejected:too_short"),
+    SampleRecording("in/garbled.wav", 10, corrupt=True, expect="rejected:unreadable"),
+)
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    yield from _fresh_postgres_schema(request.getfixturevalue("postgres_url"))
+
+
+def _fresh_postgres_schema(url: str) -> Iterator[str]:
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"p_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+    engine.dispose()
+
+
+def configure(
+    monkeypatch: pytest.MonkeyPatch, sw: SeaweedFS, emu: Any, database_url: str, out: Path, **extra: str
+) -> None:
+    """Point the pipeline at the test services through the environment, as a user would."""
+    env = {
+        **sw.env(),
+        "VALENCE_API_KEY": emu.valence_key,
+        "VALENCE_API_BASE_URL": emu.base_url,
+        "VALSEA_API_KEY": emu.valsea_key,
+        "VALSEA_API_BASE_URL": emu.base_url,
+        "VALENCE_PIPELINE_DATABASE_URL": database_url,
+        "VALENCE_PIPELINE_OUTPUT_URI": str(out),
+        "VALENCE_PIPELINE_VALENCE_PICKUP_DELAY_S": "0.05",
+        "VALENCE_PIPELINE_VALENCE_S_PER_AUDIO_HOUR": "0.1",
+        "VALENCE_PIPELINE_VALSEA_PICKUP_DELAY_S": "0.05",
+        "VALENCE_PIPELINE_VALSEA_S_PER_AUDIO_HOUR": "0.1",
+        "VALENCE_PIPELINE_POLL_MIN_INTERVAL_S": "0.1",
+        "VALENCE_PIPELINE_POLL_MAX_INTERVAL_S": "0.5",
+        "VALENCE_PIPELINE_VALENCE_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
+        "VALENCE_PIPELINE_VALSEA_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
+        **extra,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from results_store.db import upgrade
+    from valence_pipeline.runtime import reset_runtime
+    from valence_pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    reset_runtime()
+    upgrade(database_url)
+
+
+def run_nightly(source: str) -> dict[str, Any]:
+    from flows.ingest import nightly_ingest
+    from valence_pipeline.runtime import reset_runtime
+
+    reset_runtime()  # each run starts with fresh clients, flags and counters
+    return nightly_ingest(source=source, trigger="manual")
+
+
+def paid(emu: Any) -> Counter[str]:
+    """What the emulator billed, by kind (valence_async, valence_discrete, valsea_job)."""
+    return Counter(entry["kind"] for entry in emu.ledger()["entries"])
+
+
+def statuses(database_url: str) -> dict[str, tuple[str, str | None]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select key, status, reason from recordings")).all()
+    engine.dispose()
+    return {key: (status, reason) for key, status, reason in rows}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    upload_samples(s3_client, bucket, SAMPLES)
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
+    result = run_nightly(f"s3://{bucket}/in/")
+
+    final = statuses(database_url)
+    for sample in SAMPLES:
+        status, reason = final[sample.key]
+        expected_status, _, expected_reason = sample.expect.partition(":")
+        assert status == expected_status, (sample.key, status, reason)
+        if expected_reason:
+            assert reason is not None and reason.startswith(expected_reason)
+    assert result["completed"] == 4 and result["rejected"] == 2 and result["failed"] == 0
+    # The rejected files cost nothing: only the accepted four were paid for, once each.
+    first = paid(emu)
+    assert first["valsea_job"] == 4
+    assert first["valence_async"] + first["valence_discrete"] == 4
+
+    # The Parquet dataset and the database agree row for row.
+    from results_store.parquet import read_table
+
+    segments = read_table(str(tmp_path / "parquet"), "emotion_segments")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        db_rows = conn.execute(sa.text("select count(*) from emotion_segments")).scalar_one()
+    engine.dispose()
+    assert segments.num_rows == db_rows > 0
+
+    # A second run finds nothing new and pays for nothing.
+    again = run_nightly(f"s3://{bucket}/in/")
+    assert again["seen"] == 0
+    assert paid(emu) == first
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_new_version_is_processed_and_a_copy_reuses_results(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    sample = SampleRecording("in/call.wav", 30)
+    upload_samples(s3_client, bucket, (sample,))
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
+    run_nightly(f"s3://{bucket}/in/")
+    before = paid(emu)
+
+    # Same bytes under another key: linked, not paid again.
+    s3_client.copy_object(
+        Bucket=bucket, Key="in/copy-of-call.wav", CopySource={"Bucket": bucket, "Key": "in/call.wav"}
+    )
+    result = run_nightly(f"s3://{bucket}/in/")
+    assert result["completed"] == 1
+    assert paid(emu) == before
+    assert statuses(database_url)["in/copy-of-call.wav"][0] == "completed"
+
+    # A new version of the original: processed (and paid) again.
+    upload_samples(s3_client, bucket, (SampleRecording("in/call.wav", 35),))
+    result = run_nightly(f"s3://{bucket}/in/")
+    assert result["completed"] == 1
+    after = paid(emu)
+    assert after["valsea_job"] == before["valsea_job"] + 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_faults_end_in_terminal_states_without_paying_twice(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    make_emulator: Any,
+    tmp_path: Path,
+) -> None:
+    emu = make_emulator(faults="5xx=0.1,429=0.1,drop=0.05,fail=0.2", seed=7)
+    samples = tuple(SampleRecording(f"in/f{i}.wav", 8 + 7 * i) for i in range(6))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
+    run_nightly(f"s3://{bucket}/in/")
+
+    final = statuses(database_url)
+    assert set(final) == {s.key for s in samples}
+    for status, reason in final.values():
+        assert status in {"completed", "failed"}
+        assert status == "completed" or reason
+    ledger = emu.ledger()
+    for sha, counts in ledger["by_sha256"].items():
+        assert all(n <= 1 for kind, n in counts.items() if kind != "total"), (sha, counts)
