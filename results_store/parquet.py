@@ -90,6 +90,12 @@ class DatasetError(RuntimeError):
     """The dataset's log or files are not in a state this code can work with."""
 
 
+class PublishError(DatasetError):
+    """The commit is durable (its log entry exists) but not all of its files were moved into
+    place. Readers using the log already see it; the next writer, `compact` or `recover`
+    finishes the publish. The staged files must be kept, so the writer does not abort."""
+
+
 class CommitConflictError(DatasetError):
     """Other writers kept committing first; gave up after `MAX_COMMIT_ATTEMPTS`."""
 
@@ -424,7 +430,13 @@ def _commit(
             remove=tuple(plan.remove),
         )
         if loc.create_exclusive(_log_rel(entry.version), entry.to_bytes()):
-            publish(loc, entry)
+            try:
+                publish(loc, entry)
+            except Exception as exc:
+                raise PublishError(
+                    f"commit {entry.version} to {loc.uri('')} is durable but not fully published: {exc}; "
+                    "`results_store.parquet.recover` (or the next commit) finishes it"
+                ) from exc
             snap.apply(entry)
             if entry.version % CHECKPOINT_EVERY == 0:
                 _write_checkpoint(loc, snap)
@@ -651,6 +663,9 @@ class DatasetWriter:
                 if new_files
                 else None
             )
+        except PublishError:
+            self._closed = True  # committed: the staged files belong to the log now
+            raise
         except BaseException:
             self.abort()
             raise
@@ -663,9 +678,11 @@ class DatasetWriter:
         """Discard buffered and staged rows; nothing of this writer becomes visible."""
         self._closed = True
         self._buffers = {name: _Buffer() for name in DATASET_TABLES}
-        for staged in self._staged:
-            self._loc.delete(staged.staged)
         self._staged = []
+        # Everything under this writer's staging prefix, including a file half-written when
+        # the error struck.
+        for leftover in self._loc.list(f"{STAGING_DIR}/{self._txn}", recursive=True):
+            self._loc.delete(leftover.rel)
         self._loc.remove_empty_dirs(f"{STAGING_DIR}/{self._txn}")
 
     def compact(self, *, target_file_rows: int = DEFAULT_TARGET_FILE_ROWS) -> CommitResult:

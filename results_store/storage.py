@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import uuid
@@ -141,9 +142,7 @@ class Location:
 
     def _client(self) -> Any:
         if self._s3_client is None:
-            import boto3
-
-            self._s3_client = boto3.Session().client("s3")
+            self._s3_client = s3_client()
         return self._s3_client
 
 
@@ -167,20 +166,42 @@ def open_location(output_uri: str) -> Location:
     return Location(fs=pafs.LocalFileSystem(), root=local_root.as_posix(), is_s3=False)
 
 
+_AWS_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)  # fmt: skip
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem configured the way boto3 would be from the same environment
     (`AWS_ENDPOINT_URL[_S3]`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`,
     `AWS_PROFILE`, `AWS_DEFAULT_REGION`), so the pipeline and the dataset agree on where S3 is."""
+    return _s3_clients(tuple(os.environ.get(name) for name in _AWS_ENV))[1]
+
+
+def s3_client() -> Any:
+    """The boto3 S3 client matching `s3_filesystem()` (used for conditional PUTs)."""
+    return _s3_clients(tuple(os.environ.get(name) for name in _AWS_ENV))[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_clients(env: tuple[str | None, ...]) -> tuple[Any, pafs.S3FileSystem]:
+    """One boto3 client and one pyarrow filesystem per process and AWS environment: building a
+    boto3 client parses its service model, which costs more than the requests we make."""
     import boto3
+    from botocore.credentials import RefreshableCredentials
 
     session = boto3.Session()
+    client = session.client("s3")
     kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1"}
     credentials = session.get_credentials()
-    if credentials is not None:
+    # Static keys are handed over; refreshable ones (roles, SSO) are left to pyarrow's own AWS
+    # SDK, which reads the same default chain and keeps refreshing them.
+    if credentials is not None and not isinstance(credentials, RefreshableCredentials):
         frozen = credentials.get_frozen_credentials()
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
-    endpoint = session.client("s3").meta.endpoint_url
-    parsed = urlparse(endpoint)
+    parsed = urlparse(client.meta.endpoint_url)
     if parsed.hostname and not parsed.hostname.endswith("amazonaws.com"):
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-    return pafs.S3FileSystem(**kwargs)
+    return client, pafs.S3FileSystem(**kwargs)

@@ -1,0 +1,135 @@
+"""Migrations from empty, the models/migration match, and refusing a schema that is behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from results_store import db
+from results_store.models import Base
+from valence_pipeline.cli import main
+
+TABLES = {"recordings", "provider_jobs", "emotion_segments", "prosody_results", "prosody_utterances",
+          "pipeline_runs", "lineage"}  # fmt: skip
+
+EXTRA_REVISION = '''
+"""test-only: a later revision the database has not seen"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("pipeline_runs", sa.Column("note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("pipeline_runs", "note")
+'''
+
+
+def test_upgrade_from_empty_reaches_head_and_is_repeatable(db_url: str) -> None:
+    engine = db.create_engine_for(db_url)
+    try:
+        assert db.current_revision(engine) is None
+        assert db.upgrade(db_url) == db.head_revision()
+        assert db.upgrade(db_url) == db.head_revision()
+        assert TABLES <= set(sa.inspect(engine).get_table_names())
+        db.ensure_schema_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_models_and_migrations_describe_the_same_schema(migrated_url: str) -> None:
+    engine = db.create_engine_for(migrated_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_store_refuses_an_empty_database(db_url: str) -> None:
+    with pytest.raises(db.SchemaBehindError) as err:
+        db.Store(db_url)
+    assert str(err.value) == (
+        f"database schema is at base (empty), code needs {db.head_revision()}: run `valence-pipeline db upgrade`"
+    )
+
+
+def test_store_refuses_a_database_stamped_back_to_base(migrated_url: str) -> None:
+    db.stamp(migrated_url, "base")
+    with pytest.raises(db.SchemaBehindError, match="run `valence-pipeline db upgrade`"):
+        db.Store(migrated_url)
+    db.stamp(migrated_url, "head")
+    db.Store(migrated_url).dispose()
+
+
+def test_database_behind_newer_code_is_refused_until_upgraded(
+    migrated_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Code that ships revision 0002 meets a database at 0001: refused, then upgraded."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_test_only.py").write_text(EXTRA_REVISION)
+    monkeypatch.setattr(db, "MIGRATIONS_DIR", scripts)
+
+    with pytest.raises(db.SchemaBehindError) as err:
+        db.Store(migrated_url)
+    assert "database schema is at 0001, code needs 0002" in str(err.value)
+    assert main(["db", "upgrade", "--database-url", migrated_url]) == 0
+    store = db.Store(migrated_url)
+    try:
+        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("pipeline_runs")}
+    finally:
+        store.dispose()
+    assert "note" in columns
+
+
+def test_database_ahead_of_the_code_is_refused(migrated_url: str) -> None:
+    engine = db.create_engine_for(migrated_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
+        with pytest.raises(db.SchemaAheadError, match="newer valence-pipeline"):
+            db.ensure_schema_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_db_commands_upgrade_and_report_current(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "current", "--database-url", db_url]) == 1
+    out = capsys.readouterr()
+    assert "schema at base (empty)" in out.out and "valence-pipeline db upgrade" in out.err
+    assert main(["db", "upgrade", "--database-url", db_url]) == 0
+    assert main(["db", "current", "--database-url", db_url]) == 0
+    assert f"schema at {db.head_revision()}, code head {db.head_revision()}" in capsys.readouterr().out
+
+
+def test_db_upgrade_defaults_to_the_settings_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from valence_pipeline.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'nested' / 'results.db'}"
+    monkeypatch.setenv("VALENCE_PIPELINE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        assert main(["db", "upgrade"]) == 0
+    finally:
+        get_settings.cache_clear()
+    engine = db.create_engine_for(url)
+    try:
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
