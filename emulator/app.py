@@ -4,6 +4,7 @@ callable the server runs (the seam where a Socket.IO app will wrap it for stream
 Valence (header `x-api-key`)::
 
     POST /v1/discrete/emotion?model=M                multipart `file`, or JSON {"payload": [[...]]}
+                                                     (also at /emotionprediction, the quick start's path)
     POST /v1/asynch/emotion/upload/initiate?file_name=F&part_count=N[&model=M]   (GET too: old SDK)
     PUT  <presigned part url>                        raw bytes -> ETag
     POST /v1/asynch/emotion/upload/complete          {"request_id", "upload_id", "parts": [...]}
@@ -93,10 +94,14 @@ def _error_response(exc: ApiError) -> Response:
     return JSONResponse(exc.body, status_code=exc.status)
 
 
-async def _read_capped(request: Request, cap: int = MAX_BODY_BYTES) -> bytes:
+def _refuse_declared_over(request: Request, cap: int) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise ApiError(413, {"error": f"request body over {cap} bytes"})
+
+
+async def _read_capped(request: Request, cap: int = MAX_BODY_BYTES) -> bytes:
+    _refuse_declared_over(request, cap)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -174,7 +179,8 @@ def _check_discrete_duration(duration: float) -> None:
 
 
 def _discrete_from_file(upload: UploadFile) -> tuple[audio.Analysis, str, int]:
-    size = upload.size if upload.size is not None else os.fstat(upload.file.fileno()).st_size
+    upload.file.seek(0, os.SEEK_END)
+    size = upload.file.tell()
     upload.file.seek(0)
     if size > DISCRETE_MAX_BYTES:
         duration = audio.probe_duration(upload.file)
@@ -222,6 +228,7 @@ def _valence_routes(app: FastAPI, state: EmulatorState) -> None:
     config = state.config
 
     @app.post("/v1/discrete/emotion")
+    @app.post("/emotionprediction")  # the quick start's (older) path
     async def discrete(request: Request, model: str = "4emotions") -> Response:
         owner = _owner(request)
         if model not in VALENCE_MODELS:
@@ -229,6 +236,7 @@ def _valence_routes(app: FastAPI, state: EmulatorState) -> None:
                 f"unknown model {model!r}; use one of {sorted(VALENCE_MODELS)}", "INVALID_MODEL"
             )
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            _refuse_declared_over(request, MAX_BODY_BYTES)
             async with request.form(max_files=4, max_fields=16) as form:
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):

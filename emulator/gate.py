@@ -45,7 +45,7 @@ class Route:
 _ROUTES: tuple[tuple[re.Pattern[str], Route], ...] = tuple(
     (re.compile(pattern), route)
     for pattern, route in (
-        (r"^/v1/discrete/emotion/?$", Route("valence", "discrete")),
+        (r"^/(?:v1/discrete/emotion|emotionprediction)/?$", Route("valence", "discrete")),
         (r"^/v1/asynch/emotion/upload/initiate/?$", Route("valence", "initiate")),
         (r"^/v1/asynch/emotion/upload/complete/?$", Route("valence", "complete")),
         (r"^/v1/asynch/emotion/status/[^/]+/?$", Route("valence", "status")),

@@ -155,6 +155,9 @@ def test_discrete_json_payload_quick_start_style(emu: EmulatorProcess, clips: di
     assert quoted.status_code == plain.status_code == 200
     assert DiscreteResult.model_validate(quoted.json()) == DiscreteResult.model_validate(plain.json())
 
+    legacy = requests.post(f"{emu.base_url}/emotionprediction", json=event, headers=valence(emu), timeout=30)
+    assert legacy.json() == plain.json()  # the quick start's API_LINK path
+
     at_16k = requests.post(url, json={**event, "sample_rate": 16000}, headers=valence(emu), timeout=30)
     assert at_16k.status_code == 400  # 198450 samples at 16 kHz are 12.4 s
     assert at_16k.json()["error_code"] == "AUDIO_TOO_LONG"
