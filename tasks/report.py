@@ -62,7 +62,7 @@ class RunSummary:
             "completed": self.completed,
             "failed": sum(self.failed.values()),
             "deferred": self.deferred,
-            "audio_hours": round(self.audio_hours, 4),
+            "audio_seconds": round(self.audio_hours * 3600),
             **self.api,
         }
 
