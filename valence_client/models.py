@@ -51,7 +51,7 @@ def parse_clock(value: str) -> float:
 
 def format_clock(seconds: float) -> str:
     """Inverse of `parse_clock` for whole seconds: 5 -> '00:05', 3723 -> '01:02:03'."""
-    total = int(round(seconds))
+    total = round(seconds)
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -74,7 +74,11 @@ class DiscreteResult(_Model):
         if isinstance(data, dict) and "main_emotion" not in data and "emotions" in data:
             scores = dict(data["emotions"])
             dominant = data.get("dominant_emotion") or max(scores, key=scores.__getitem__)
-            return {"main_emotion": dominant, "confidence": scores.get(dominant, 0.0), "all_predictions": scores}
+            return {
+                "main_emotion": dominant,
+                "confidence": scores.get(dominant, 0.0),
+                "all_predictions": scores,
+            }
         return data
 
 
