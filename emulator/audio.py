@@ -27,7 +27,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -339,8 +339,3 @@ def prosody(a: Analysis, granularity: str = "utterance") -> tuple[ProsodyScores,
         "urgency": 0.6 * f.pitch + 0.4 * rate,
     }
     return ProsodyScores(**{k: round(_clip01(v), 4) for k, v in metrics.items()}), raw
-
-
-def describe(a: Analysis) -> dict[str, Any]:
-    """Small summary for logs and the ledger."""
-    return {"duration_s": round(a.duration_s, 3), "samplerate": a.samplerate, "channels": a.channels}

@@ -30,7 +30,3 @@ class EmulatedClock:
         with self._lock:
             self._offset += seconds
         return self.now()
-
-    def real_seconds(self, emulated: float) -> float:
-        """How long `emulated` seconds take in real time."""
-        return emulated / self.time_scale

@@ -48,6 +48,7 @@ def serve(config: EmulatorConfig, announce: Callable[[str], None] | None = None)
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=65,  # like a cloud load balancer; fewer races with pooled client connections
     )
 
     def default_announce(u: str) -> None:

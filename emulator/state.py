@@ -149,7 +149,7 @@ class EmulatorState:
         self.valsea_limiter = RateLimiter(config.valsea_limits)
         self.valence_keys = frozenset(config.valence_keys)
         self.valsea_keys = frozenset(config.valsea_keys)
-        self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._owned_dir: tempfile.TemporaryDirectory[str] | None = None  # removed at exit
         if config.data_dir is None:
             self._owned_dir = tempfile.TemporaryDirectory(prefix="valence-emulator-")
             self.data_dir = Path(self._owned_dir.name)
@@ -172,10 +172,6 @@ class EmulatorState:
         self._log_seq = 0
         self._credits = config.valsea_credits
         self._last_sweep = 0.0
-
-    def close(self) -> None:
-        if self._owned_dir is not None:
-            self._owned_dir.cleanup()
 
     def incoming_path(self) -> Path:
         """A fresh file name for a body being received (Valsea submissions)."""
