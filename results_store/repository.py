@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,6 +68,8 @@ from valence_client.redaction import redact
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 5000
+COPY_MIN_ROWS = 1000
+"""From this many rows, PostgreSQL upserts go through COPY (see `_bulk_upsert`)."""
 """Rows per executemany call: bounds the parameter list held in memory for big timelines."""
 MAX_TEXT = 4000
 """Stored error messages and reasons are truncated to this many characters."""
@@ -118,6 +121,60 @@ def _upsert(
         if returning:
             out.extend(result.all())
     return out
+
+
+def _bulk_upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+) -> None:
+    """`_upsert` for many rows without RETURNING. On PostgreSQL, big batches go through COPY
+    into a session temp table and one `INSERT ... SELECT ... ON CONFLICT`: psycopg otherwise
+    sends an executemany as one pipelined statement per row."""
+    if session.get_bind().dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+        _copy_upsert(session, model, rows, key=key, update=update)
+    else:
+        _upsert(session, model, rows, key=key, update=update)
+
+
+def _copy_upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+) -> None:
+    table: sa.Table = model.__table__
+    columns = list(rows[0])
+    staging = f"_in_{table.name}"
+    json_columns = {c for c in columns if isinstance(table.c[c].type, sa.JSON)}
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        # Same column types as the target, no constraints; emptied at commit, so a pooled
+        # connection reuses it. TRUNCATE: a transaction may load it more than once.
+        cols = ", ".join(f'"{c}"' for c in columns)
+        cur.execute(
+            f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DELETE ROWS AS '  # noqa: S608 - names from the model
+            f'SELECT {cols} FROM "{table.name}" WITH NO DATA'
+        )
+        cur.execute(f'TRUNCATE "{staging}"')
+        with cur.copy(f'COPY "{staging}" ({cols}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(
+                    [
+                        json.dumps(row[c]) if c in json_columns and row[c] is not None else row[c]
+                        for c in columns
+                    ]
+                )
+    stmt = postgresql.insert(table).from_select(
+        columns, sa.select(*(sa.column(c) for c in columns)).select_from(sa.table(staging))
+    )
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in update})
+    session.execute(stmt)
 
 
 def _dedupe(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
@@ -407,25 +464,23 @@ def find_resumable_job(
     return JobRef(job.id, job.recording_id, job.provider, job.model, job.external_id, job.channel, job.status)
 
 
-def _job(session: Session, job_id: int) -> ProviderJob:
-    job = session.get(ProviderJob, job_id)
-    if job is None:
-        raise LookupError(f"no provider job with id {job_id}")
-    return job
-
-
 # --------------------------------------------------------------------------- results
 
 
 def save_emotion_segments(
     session: Session, job_id: int, segments: Sequence[EmotionSegment], *, flow_run_id: str
 ) -> int:
-    """Store a Valence timeline for a job (idempotent on job + segment index) and its lineage.
+    """Store one job's Valence timeline (see `save_timelines`); returns its segment count."""
+    return save_timelines(session, {job_id: segments}, flow_run_id=flow_run_id)
 
-    Rows beyond the new timeline's length are deleted, so storing a re-fetched result leaves
-    exactly that result. Returns the number of segments.
-    """
-    job = _job(session, job_id)
+
+def save_timelines(
+    session: Session, timelines: Mapping[int, Sequence[EmotionSegment]], *, flow_run_id: str
+) -> int:
+    """Store Valence timelines for several jobs at once (idempotent on job + segment index),
+    with a lineage row per job. Segments beyond a timeline's length are deleted, so storing a
+    re-fetched result leaves exactly that result. Returns the number of segments."""
+    jobs = _jobs(session, timelines)
     rows = [
         {
             "job_id": job_id,
@@ -436,25 +491,31 @@ def save_emotion_segments(
             "confidence": seg.confidence,
             "all_predictions": seg.all_predictions,
         }
-        for i, seg in enumerate(segments)
+        for job_id in sorted(timelines)
+        for i, seg in enumerate(timelines[job_id])
     ]
     values = ("start_s", "end_s", "emotion", "confidence", "all_predictions")
-    _upsert(session, EmotionSegmentRow, rows, key=("job_id", "segment_index"), update=values)
-    session.execute(
-        sa.delete(EmotionSegmentRow).where(
-            EmotionSegmentRow.job_id == job_id, EmotionSegmentRow.segment_index >= len(rows)
-        )
-    )
-    _record_db_output(session, job, "emotion_segments", len(rows), flow_run_id)
+    _bulk_upsert(session, EmotionSegmentRow, rows, key=("job_id", "segment_index"), update=values)
+    lengths = {job_id: len(segs) for job_id, segs in timelines.items()}
+    _delete_beyond(session, EmotionSegmentRow, "segment_index", lengths)
+    _record_db_outputs(session, [(jobs[j], "emotion_segments", n) for j, n in lengths.items()], flow_run_id)
     return len(rows)
 
 
 def save_prosody_result(session: Session, job_id: int, result: ProsodyResult, *, flow_run_id: str) -> int:
-    """Store a Valsea result for a job: the five summary scores and, when the result was verbose,
-    each utterance with its expression scores. Idempotent; returns the number of utterances."""
-    job = _job(session, job_id)
-    summary = {"job_id": job_id, **{m: getattr(result.emotions, m) for m in PROSODY_METRICS}}
-    _upsert(session, ProsodySummaryRow, [summary], key=("job_id",), update=PROSODY_METRICS)
+    """Store one job's Valsea result (see `save_prosody_results`); returns its utterance count."""
+    return save_prosody_results(session, {job_id: result}, flow_run_id=flow_run_id)
+
+
+def save_prosody_results(session: Session, results: Mapping[int, ProsodyResult], *, flow_run_id: str) -> int:
+    """Store Valsea results for several jobs: the five summary scores and, when the result was
+    verbose, each utterance with its expression scores. Idempotent; returns the utterance count."""
+    jobs = _jobs(session, results)
+    summaries = [
+        {"job_id": job_id, **{m: getattr(results[job_id].emotions, m) for m in PROSODY_METRICS}}
+        for job_id in sorted(results)
+    ]
+    _upsert(session, ProsodySummaryRow, summaries, key=("job_id",), update=PROSODY_METRICS)
     rows = [
         {
             "job_id": job_id,
@@ -464,33 +525,59 @@ def save_prosody_result(session: Session, job_id: int, result: ProsodyResult, *,
             "end_s": utt.end_s,
             "expressions": utt.expressions,
         }
-        for i, utt in enumerate(result.raw_predictions)
+        for job_id in sorted(results)
+        for i, utt in enumerate(results[job_id].raw_predictions)
     ]
     values = ("text", "begin_s", "end_s", "expressions")
-    _upsert(session, ProsodyUtteranceRow, rows, key=("job_id", "utterance_index"), update=values)
-    session.execute(
-        sa.delete(ProsodyUtteranceRow).where(
-            ProsodyUtteranceRow.job_id == job_id, ProsodyUtteranceRow.utterance_index >= len(rows)
-        )
-    )
-    _record_db_output(session, job, "prosody_results", 1, flow_run_id)
-    if rows:
-        _record_db_output(session, job, "prosody_utterances", len(rows), flow_run_id)
+    _bulk_upsert(session, ProsodyUtteranceRow, rows, key=("job_id", "utterance_index"), update=values)
+    lengths = {job_id: len(result.raw_predictions) for job_id, result in results.items()}
+    _delete_beyond(session, ProsodyUtteranceRow, "utterance_index", lengths)
+    outputs = [(jobs[j], "prosody_results", 1) for j in results]
+    outputs += [(jobs[j], "prosody_utterances", n) for j, n in lengths.items() if n]
+    _record_db_outputs(session, outputs, flow_run_id)
     return len(rows)
 
 
-def _record_db_output(session: Session, job: ProviderJob, table: str, rows: int, flow_run_id: str) -> None:
-    entry = LineageIn(
-        kind=LineageKind.PRODUCED,
-        recording_id=job.recording_id,
-        output_kind=OutputKind.DB,
-        table_name=table,
-        output_uri=db_output_uri(table, job.id),
-        job_id=job.id,
-        flow_run_id=flow_run_id,
-        row_count=rows,
+def _jobs(session: Session, job_ids: Iterable[int]) -> dict[int, ProviderJob]:
+    wanted = set(job_ids)
+    found = {
+        job.id: job
+        for job in session.execute(sa.select(ProviderJob).where(ProviderJob.id.in_(wanted))).scalars()
+    }
+    missing = wanted - set(found)
+    if missing:
+        raise LookupError(f"no provider job with id {sorted(missing)}")
+    return found
+
+
+def _delete_beyond(session: Session, model: type[Any], index_column: str, lengths: Mapping[int, int]) -> None:
+    """Delete each job's rows at or past its new length (one executemany)."""
+    table: sa.Table = model.__table__
+    stmt = table.delete().where(
+        table.c.job_id == sa.bindparam("j"), table.c[index_column] >= sa.bindparam("n")
     )
-    add_lineage(session, [entry])
+    session.execute(stmt, [{"j": job_id, "n": n} for job_id, n in sorted(lengths.items())])
+
+
+def _record_db_outputs(
+    session: Session, outputs: Sequence[tuple[ProviderJob, str, int]], flow_run_id: str
+) -> None:
+    add_lineage(
+        session,
+        [
+            LineageIn(
+                kind=LineageKind.PRODUCED,
+                recording_id=job.recording_id,
+                output_kind=OutputKind.DB,
+                table_name=table,
+                output_uri=db_output_uri(table, job.id),
+                job_id=job.id,
+                flow_run_id=flow_run_id,
+                row_count=rows,
+            )
+            for job, table, rows in outputs
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- runs

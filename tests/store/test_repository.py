@@ -267,3 +267,50 @@ def test_timestamps_come_back_timezone_aware(store: Store) -> None:
         view = repo.get_recording(s, ref.id)
     assert view.processed_at == when and view.processed_at.tzinfo is not None
     assert view.processed_at.utcoffset() == dt.timedelta(0)
+
+
+def test_large_batches_of_results_upsert_once_and_update_in_place(store: Store) -> None:
+    """Above `COPY_MIN_ROWS` PostgreSQL takes the COPY path; both backends must agree."""
+    with store.session_scope() as s:
+        start_run(s)
+        refs = repo.upsert_recordings(s, [recording_in(n) for n in range(4)])
+        valence = [
+            repo.upsert_provider_job(s, JobIn(r.id, Provider.VALENCE, "4emotions", f"req-{r.id}"))
+            for r in refs
+        ]
+        valsea = [
+            repo.upsert_provider_job(s, JobIn(r.id, Provider.VALSEA, "valsea-prosody", f"j-{r.id}"))
+            for r in refs
+        ]
+    per_job = repo.COPY_MIN_ROWS // 2
+    for seed in (1, 2):  # the second write changes every value
+        with store.session_scope() as s:
+            written = repo.save_timelines(
+                s, {job: timeline(per_job, seed=seed) for job in valence}, flow_run_id=RUN_ID
+            )
+            utterances = repo.save_prosody_results(
+                s, {job: prosody(f"j-{job}", per_job, seed=seed) for job in valsea}, flow_run_id=RUN_ID
+            )
+            # A second batch in the same transaction reuses the staging table.
+            repo.save_timelines(s, {valence[0]: timeline(per_job, seed=seed)}, flow_run_id=RUN_ID)
+        assert written == utterances == 4 * per_job
+    with store.session_scope() as s:
+        assert count(s, EmotionSegmentRow) == 4 * per_job
+        assert count(s, ProsodyUtteranceRow) == 4 * per_job
+        assert count(s, Lineage) == 4 * 3
+        stored = s.execute(
+            sa.select(EmotionSegmentRow)
+            .where(EmotionSegmentRow.job_id == valence[2])
+            .order_by(EmotionSegmentRow.segment_index)
+        ).scalars()
+        assert [(r.emotion, r.confidence, r.all_predictions) for r in stored] == [
+            (seg.emotion, seg.confidence, seg.all_predictions) for seg in timeline(per_job, seed=2)
+        ]
+        utterance = s.execute(
+            sa.select(ProsodyUtteranceRow).where(
+                ProsodyUtteranceRow.job_id == valsea[1], ProsodyUtteranceRow.utterance_index == 3
+            )
+        ).scalar_one()
+        assert utterance.expressions == prosody("x", per_job, seed=2).raw_predictions[3].expressions
+    with store.session_scope() as s, pytest.raises(LookupError, match="no provider job"):
+        repo.save_timelines(s, {999_999: timeline(1)}, flow_run_id=RUN_ID)
