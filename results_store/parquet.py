@@ -556,6 +556,11 @@ class DatasetWriter:
         self._staged: list[_Staged] = []
         self._generation = 0
         self._closed = False
+        # A previous run that died after its commit point may have left files unpublished;
+        # finishing that now makes plain readers whole again at the start of the next run.
+        snap = load_snapshot(self._loc)
+        if snap.head is not None:
+            publish(self._loc, snap.head)
 
     # -- adding rows
 

@@ -133,3 +133,15 @@ def test_db_upgrade_defaults_to_the_settings_url(tmp_path: Path, monkeypatch: py
         assert db.current_revision(engine) == db.head_revision()
     finally:
         engine.dispose()
+
+
+def test_store_travels_to_tasks_as_its_url(migrated_url: str) -> None:
+    import pickle
+
+    store = db.get_store(migrated_url)
+    clone = pickle.loads(pickle.dumps(store))  # noqa: S301 - our own bytes, as Prefect would pass them
+    assert clone is store  # same process: the cached Store, one pool
+    assert pickle.dumps(store) == pickle.dumps(db.get_store(migrated_url))
+    with clone.session_scope() as s:
+        assert s.execute(sa.text("select 1")).scalar_one() == 1
+    store.dispose()

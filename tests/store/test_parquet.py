@@ -147,8 +147,27 @@ def test_crash_after_the_commit_point_is_finished_by_recover(
     assert found["read_table"] == want
     # Plain readers, mid-publish, may miss the rows being replaced but never see two copies.
     assert duplicates(found["pyarrow"]) == [] and set(found["pyarrow"]) <= set(want)
-    assert parquet.recover(output_uri) == 2
+    # The next run's writer finishes the publish before anything else.
+    parquet.DatasetWriter(output_uri, "run-3").abort()
     assert segment_keys(output_uri) == {"read_table": want, "pyarrow": want, "duckdb": want}
+    assert parquet.recover(output_uri) == 2  # idempotent: nothing left to do
+
+
+def test_recover_alone_finishes_an_interrupted_publish(
+    local_output_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_run(local_output_uri, "run-1", {1: 10})
+
+    def disk_gone(self: Location, src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(Location, "move", disk_gone)
+    with pytest.raises(parquet.PublishError, match="durable but not fully published"):
+        write_run(local_output_uri, "run-2", {1: 11})
+    monkeypatch.undo()
+    assert segment_keys(local_output_uri)["pyarrow"] == []  # old file deleted, new one still staged
+    assert parquet.recover(local_output_uri) == 2
+    assert segment_keys(local_output_uri)["duckdb"] == expected_keys({1: 11})
 
 
 CHILD = """
