@@ -6,6 +6,7 @@ of what was paid for.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +217,62 @@ def test_faults_end_in_terminal_states_without_paying_twice(
     ledger = emu.ledger()
     for sha, counts in ledger["by_sha256"].items():
         assert all(n <= 1 for kind, n in counts.items() if kind != "total"), (sha, counts)
+
+
+_RUN_IN_CHILD = """
+import sys
+from flows.ingest import nightly_ingest
+nightly_ingest(source=sys.argv[1], trigger="manual")
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_killed_run_resumes_without_uploading_again(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    make_emulator: Any,
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import sqlalchemy as sa
+
+    # Real-time clock: the provider picks uploads up ~10 s later, so jobs are still in flight
+    # when the first process dies.
+    emu = make_emulator(time_scale=1.0)
+    samples = tuple(SampleRecording(f"in/k{i}.wav", 20 + 5 * i) for i in range(3))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "child-prefect")}
+    env.pop("PREFECT_API_URL", None)
+    child = subprocess.Popen([sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env)
+    engine = sa.create_engine(database_url)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            with engine.connect() as conn:
+                submitted = conn.execute(
+                    sa.text(
+                        "select count(*) from provider_jobs where provider = 'valence' and status = 'submitted'"
+                    )
+                ).scalar_one()
+            if submitted >= len(samples):
+                break
+            time.sleep(0.2)
+    finally:
+        child.kill()
+        child.wait()
+    engine.dispose()
+    assert submitted >= len(samples), "the child never got its uploads in"
+    uploads_before = paid(emu)["valence_async"]
+    assert uploads_before == len(samples)
+
+    result = run_nightly(f"s3://{bucket}/in/")
+    assert result["completed"] == len(samples)
+    assert paid(emu)["valence_async"] == uploads_before  # resumed from the stored request ids
+    assert set(statuses(database_url).values()) == {("completed", None)}
