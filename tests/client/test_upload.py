@@ -1,0 +1,322 @@
+"""Multipart upload against a scripted S3-like stub: laziness, bounds, ETags, ordering."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.client.conftest import VALENCE_KEY, Sleeps, make_valence
+from tests.client.stubs import Recorded, Reply, StubServer
+from valence_client import (
+    FileSizeLimitExceededError,
+    InvalidInputError,
+    MissingFileError,
+    PartSizeAdjuster,
+    UploadError,
+    ValenceClient,
+)
+from valence_client.upload import MAX_PARTS, MIN_PART_SIZE, GiB, MiB
+
+PART = 4096
+SMALL_PARTS = PartSizeAdjuster(min_size=1024)
+SIGNATURE = "c0ffee0123456789deadbeef0123456789abcdef"
+
+
+def etag_of(data: bytes) -> str:
+    """S3's ETag of a single-part body: its MD5 (a checksum, not security)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class FakeStore:
+    """Initiate/PUT/complete on a stub server, with knobs for misbehaving."""
+
+    def __init__(self, stub: StubServer, *, put_delay_s: float = 0.0) -> None:
+        self.stub = stub
+        self.put_delay_s = put_delay_s
+        self.received: dict[int, bytes] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.bad_etags: dict[int, int] = {}  # part -> how many wrong ETags to answer first
+        self.fail_parts: dict[int, list[Reply]] = {}
+        self._lock = threading.Lock()
+        stub.route("POST", r"/v1/asynch/emotion/upload/initiate", self.initiate)
+        stub.route("PUT", r"/_parts/\d+", self.put)
+        stub.route("POST", r"/v1/asynch/emotion/upload/complete", Reply(json={"status": "upload_completed"}))
+
+    def initiate(self, request: Recorded) -> Reply:
+        count = int(request.query["part_count"])
+        urls = [
+            {"part_number": n, "url": f"{self.stub.base_url}/_parts/{n}?expires=9&signature={SIGNATURE}"}
+            for n in range(count, 0, -1)  # deliberately out of order
+        ]
+        return Reply(json={"upload_id": "up-1", "request_id": "req-1", "presigned_urls": urls})
+
+    def put(self, request: Recorded) -> Reply:
+        number = int(request.path.rsplit("/", 1)[1])
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            scripted = self.fail_parts.get(number)
+            failure = scripted.pop(0) if scripted else None
+            wrong = self.bad_etags.get(number, 0)
+            if wrong:
+                self.bad_etags[number] = wrong - 1
+        time.sleep(self.put_delay_s)
+        with self._lock:
+            self.in_flight -= 1
+            if failure is None:
+                self.received[number] = request.body
+        if failure is not None:
+            return failure
+        md5 = etag_of(b"x" if wrong else request.body)
+        return Reply(headers={"ETag": f'"{md5}"'})
+
+    def completed(self) -> dict[str, Any]:
+        (done,) = self.stub.calls("POST", r"/v1/asynch/emotion/upload/complete")
+        return dict(done.json())
+
+
+@pytest.fixture
+def store(stub: StubServer) -> FakeStore:
+    return FakeStore(stub)
+
+
+@pytest.fixture
+def uploader_client(stub: StubServer, sleeps: Sleeps) -> ValenceClient:
+    return make_valence(stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=3)
+
+
+def payload(size: int) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(size))
+
+
+def write(tmp_path: Path, data: bytes, name: str = "call.wav") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_parts_go_up_and_complete_gets_them_sorted(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    data = payload(10 * PART + 123)
+    seen_at_initiate: list[int] = []
+
+    def on_initiated(request_id: str) -> None:
+        seen_at_initiate.append(len(store.received))
+        assert request_id == "req-1"
+
+    request_id = uploader_client.asynch.upload(str(write(tmp_path, data)), on_initiated=on_initiated)
+
+    assert request_id == "req-1" and seen_at_initiate == [0]  # the id is known before any part
+    (initiate,) = store.stub.calls("POST", r"/v1/asynch/emotion/upload/initiate")
+    assert initiate.query == {"file_name": "call.wav", "part_count": "11"}
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    done = store.completed()
+    assert [p["PartNumber"] for p in done["parts"]] == list(range(1, 12))
+    assert done["parts"][0]["ETag"] == f'"{etag_of(data[:PART])}"'
+    assert (done["request_id"], done["upload_id"]) == ("req-1", "up-1")
+
+
+def test_part_urls_get_no_api_key(tmp_path: Path, store: FakeStore, uploader_client: ValenceClient) -> None:
+    uploader_client.asynch.upload(str(write(tmp_path, payload(3 * PART))))
+    puts = store.stub.calls("PUT", r"/_parts/\d+")
+    assert len(puts) == 3
+    assert all(p.header("x-api-key") is None and p.header("Authorization") is None for p in puts)
+    assert store.stub.calls("POST", r".*initiate")[0].header("x-api-key") == VALENCE_KEY
+
+
+class CountingReader(io.RawIOBase):
+    """A non-seekable source that records, at each read, how many parts were read but not yet
+    received by the server: the parts held in memory."""
+
+    def __init__(self, data: bytes, store: FakeStore) -> None:
+        self._data = io.BytesIO(data)
+        self._store = store
+        self.reads = 0
+        self.max_held = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._data.read(size)
+        if chunk:
+            self.reads += 1
+            with self._store._lock:
+                held = self.reads - len(self._store.received)
+            self.max_held = max(self.max_held, held)
+        return chunk
+
+
+def test_memory_is_bounded_by_threads_whatever_the_size(stub: StubServer, sleeps: Sleeps) -> None:
+    store = FakeStore(stub, put_delay_s=0.02)
+    data = payload(40 * PART)
+    reader = CountingReader(data, store)
+    with make_valence(
+        stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=3
+    ) as c:
+        c.asynch.upload(reader, size=len(data))
+    assert reader.reads == 40
+    assert store.max_in_flight <= 3
+    assert reader.max_held <= 3  # a part is read only once a slot is free
+
+
+def test_progress_reports_every_byte(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            seen.append(n)
+
+    uploader_client.asynch.upload(str(write(tmp_path, payload(5 * PART + 1))), progress=progress)
+    assert sum(seen) == 5 * PART + 1 and len(seen) == 6
+
+
+def test_etag_mismatch_is_retried_then_accepted(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    store.bad_etags[2] = 1
+    uploader_client.asynch.upload(str(write(tmp_path, payload(3 * PART))))
+    assert len(store.stub.calls("PUT", r"/_parts/2")) == 2
+    assert store.completed()["parts"][1]["ETag"] == f'"{etag_of(payload(3 * PART)[PART : 2 * PART])}"'
+
+
+def test_etag_that_never_matches_is_an_upload_error(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    store.bad_etags[1] = 99
+    with pytest.raises(UploadError, match="ETag") as info:
+        uploader_client.asynch.upload(str(write(tmp_path, payload(2 * PART))))
+    assert info.value.request_id == "req-1" and info.value.retryable
+    assert len(store.stub.calls("PUT", r"/_parts/1")) == 3
+    assert store.stub.calls("POST", r".*complete") == []
+
+
+def test_opaque_etags_are_not_checked(
+    stub: StubServer, uploader_client: ValenceClient, tmp_path: Path
+) -> None:
+    store = FakeStore(stub)
+    stub._routes = [r for r in stub._routes if r[0] != "PUT"]
+    stub.route("PUT", r"/_parts/\d+", Reply(headers={"ETag": '"opaque-etag-3"'}))
+    uploader_client.asynch.upload(str(write(tmp_path, payload(2 * PART))))
+    assert {p["ETag"] for p in store.completed()["parts"]} == {'"opaque-etag-3"'}
+
+
+def test_a_failing_part_is_retried_by_the_transport(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    store.fail_parts[3] = [Reply(503, body=b"<Error><Code>SlowDown</Code></Error>"), Reply(drop=True)]
+    uploader_client.asynch.upload(str(write(tmp_path, payload(4 * PART))))
+    assert len(store.stub.calls("PUT", r"/_parts/3")) == 3
+    assert len(store.completed()["parts"]) == 4
+
+
+def test_a_refused_part_stops_the_upload(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    store.fail_parts[2] = [Reply(403, body=b"<Error><Code>AccessDenied</Code></Error>")] * 5
+    with pytest.raises(UploadError) as info:
+        uploader_client.asynch.upload(str(write(tmp_path, payload(3 * PART))))
+    err = info.value
+    assert (err.status, err.request_id, err.retryable) == (403, "req-1", False)
+    assert SIGNATURE not in str(err) and SIGNATURE not in repr(err)
+    assert store.stub.calls("POST", r".*complete") == []
+
+
+def test_streams_with_known_size(store: FakeStore, uploader_client: ValenceClient) -> None:
+    data = payload(3 * PART + 5)
+    uploader_client.asynch.upload(io.BytesIO(data), file_name="from-memory.wav")
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    assert store.stub.calls("POST", r".*initiate")[0].query["file_name"] == "from-memory.wav"
+
+
+def test_stream_shorter_than_declared_is_an_upload_error(
+    store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self._left = 2 * PART
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            n = min(size, self._left)
+            self._left -= n
+            return b"a" * n
+
+    with pytest.raises(UploadError, match="ended early"):
+        uploader_client.asynch.upload(Pipe(), size=3 * PART)
+    assert store.stub.calls("POST", r".*complete") == []
+
+
+def test_bad_sources_fail_before_any_call(
+    tmp_path: Path, stub: StubServer, uploader_client: ValenceClient
+) -> None:
+    with pytest.raises(MissingFileError):
+        uploader_client.asynch.upload(str(tmp_path / "nope.wav"))
+    with pytest.raises(InvalidInputError, match="empty"):
+        uploader_client.asynch.upload(str(write(tmp_path, b"")))
+    with pytest.raises(InvalidInputError, match="size"):
+        uploader_client.asynch.upload(_Unsized())
+    with pytest.raises(InvalidInputError):
+        uploader_client.asynch.upload(12345)
+    assert stub.requests == []
+
+
+class _Unsized:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+
+def test_file_over_the_limit_fails_before_any_call(tmp_path: Path, stub: StubServer, sleeps: Sleeps) -> None:
+    path = tmp_path / "big.wav"
+    with path.open("wb") as f:
+        f.truncate(3 * MiB)  # sparse
+    with (
+        make_valence(stub.base_url, sleeps, max_upload_mb=2) as client,
+        pytest.raises(FileSizeLimitExceededError) as info,
+    ):
+        client.asynch.upload(str(path))
+    assert (info.value.max_size_mb, info.value.actual_size_mb) == (2.0, 3.0)
+    assert stub.requests == []
+
+
+# --------------------------------------------------------------------------- part sizes
+
+
+def test_a_gigabyte_never_needs_more_than_10000_parts() -> None:
+    adjuster = PartSizeAdjuster()
+    size = adjuster.adjust(5 * MiB, GiB)
+    assert size == 5 * MiB and adjuster.part_count(size, GiB) == 205
+    tiny = PartSizeAdjuster(min_size=1)
+    size = tiny.adjust(1, GiB)  # even if asked for 1-byte parts
+    assert tiny.part_count(size, GiB) <= MAX_PARTS
+
+
+@given(
+    file_size=st.integers(1, 48 * 1024**4),
+    part_size=st.integers(1, 6 * GiB),
+)
+def test_adjusted_part_size_respects_every_limit(file_size: int, part_size: int) -> None:
+    adjuster = PartSizeAdjuster()
+    size = adjuster.adjust(part_size, file_size)
+    assert MIN_PART_SIZE <= size <= adjuster.max_size
+    assert adjuster.part_count(size, file_size) <= MAX_PARTS
+
+
+def test_too_big_for_any_part_size() -> None:
+    with pytest.raises(InvalidInputError):
+        PartSizeAdjuster().adjust(5 * MiB, 60 * 1024**4)
