@@ -20,3 +20,14 @@ def get_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     install_redaction(logger)
     return logger
+
+
+# Third-party loggers that print request URLs (urllib3 logs every request line at DEBUG,
+# presigned query string included), so they get the same filter.
+HTTP_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "requests")
+
+
+def protect_http_loggers() -> None:
+    """Install redaction on the HTTP stack's own loggers."""
+    for name in HTTP_LOGGERS:
+        install_redaction(logging.getLogger(name))

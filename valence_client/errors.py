@@ -85,10 +85,15 @@ def _rebuild(cls: type[ValenceSDKException], message: str, state: dict[str, Any]
 
 
 def _safe_body(body: Any) -> Any:
+    """The answer body with every string redacted (a server may echo what it was sent)."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if isinstance(body, str):
         return redact(body[:_MAX_BODY_TEXT])
+    if isinstance(body, dict):
+        return {key: _safe_body(value) for key, value in body.items()}
+    if isinstance(body, list):
+        return [_safe_body(value) for value in body]
     return body
 
 

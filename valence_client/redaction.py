@@ -22,6 +22,11 @@ _SIGNED_QUERY = re.compile(
     r"(?i)([?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId|"
     r"sig|signature|token|api_key|apikey|key)=)[^&#\s'\"]+"
 )
+# S3 echoes what it was sent in SignatureDoesNotMatch errors; those elements carry signatures.
+_S3_ECHO = re.compile(
+    r"(?s)<(SignatureProvided|StringToSign|StringToSignBytes|CanonicalRequest|CanonicalRequestBytes|"
+    r"AWSAccessKeyId)>.*?</\1>"
+)
 _AUTH_HEADER = re.compile(r"(?i)((?:x-api-key|authorization)['\"]?\s*[:=]\s*['\"]?(?:Bearer\s+)?)[^'\"\s,}]+")
 
 
@@ -42,6 +47,7 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _SIGNED_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _S3_ECHO.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
     return _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
 
 

@@ -41,7 +41,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from valence_client._headers import retry_after
-from valence_client._logging import get_logger
+from valence_client._logging import get_logger, protect_http_loggers
 from valence_client.errors import (
     APIConnectionError,
     RateLimitError,
@@ -53,6 +53,7 @@ from valence_client.limiter import RateLimiter
 from valence_client.redaction import redact, redact_url, register_secret
 
 logger = get_logger(__name__)
+protect_http_loggers()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 USER_AGENT = "valence-pipeline-client/0.1"
