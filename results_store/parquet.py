@@ -243,14 +243,25 @@ def _log_rel(version: int, *, checkpoint: bool = False) -> str:
     return f"{LOG_DIR}/{version:020d}{'.checkpoint' if checkpoint else ''}.json"
 
 
-def load_snapshot(loc: Location) -> Snapshot:
-    """Replay the log from the newest checkpoint."""
+def _log_versions(loc: Location) -> tuple[list[int], list[int]]:
+    """Versions of the commit entries and of the checkpoints present in the log."""
     commits: list[int] = []
     checkpoints: list[int] = []
     for listed in loc.list(LOG_DIR):
         match = _LOG_NAME.match(listed.rel.rsplit("/", 1)[-1])
         if match:
             (checkpoints if match.group(2) else commits).append(int(match.group(1)))
+    return commits, checkpoints
+
+
+def head_version(loc: Location) -> int:
+    """The newest committed version (0 for an empty dataset)."""
+    return max(_log_versions(loc)[0], default=0)
+
+
+def load_snapshot(loc: Location) -> Snapshot:
+    """Replay the log from the newest checkpoint."""
+    commits, checkpoints = _log_versions(loc)
     if not commits:
         return Snapshot()
     head = max(commits)
@@ -300,6 +311,10 @@ def publish(loc: Location, entry: LogEntry) -> None:
                 if not loc.exists(added.path):
                     raise
         elif not loc.exists(added.path):
+            if head_version(loc) > entry.version:
+                # A later commit removed it. Its writer published this entry in full before
+                # committing, so there is nothing left to do here.
+                return
             raise DatasetError(f"commit {entry.version}: {added.path} is neither staged nor published")
 
 
@@ -411,14 +426,24 @@ def _stage(
 
 
 def _commit(
-    loc: Location, *, run_id: str, operation: str, plan_for: Callable[[Snapshot], _Plan]
+    loc: Location, *, run_id: str, operation: str, plan_for: Callable[[Snapshot, _Plan], None]
 ) -> tuple[LogEntry, _Plan] | None:
     """Plan on the latest snapshot and try to claim the next log version; re-plan on conflict."""
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         snap = load_snapshot(loc)
         if snap.head is not None:
             publish(loc, snap.head)  # a crashed writer's publish step, finished before building on it
-        plan = plan_for(snap)
+        plan = _Plan()
+        try:
+            plan_for(snap, plan)
+        except OSError:
+            _discard(loc, plan)
+            if head_version(loc) == snap.version:
+                raise
+            # A file of this snapshot was rewritten away by a commit made meanwhile.
+            log.info("dataset changed while planning commit %d; re-planning", snap.version + 1)
+            _pause(attempt)
+            continue
         if plan.empty:
             return None
         entry = LogEntry(
@@ -445,19 +470,27 @@ def _commit(
                 loc.uri(""), entry.version, operation, run_id, len(entry.add), len(entry.remove),
             )  # fmt: skip
             return entry, plan
-        for rel in plan.scratch:
-            loc.delete(rel)
+        _discard(loc, plan)
         log.info(
             "dataset commit %d taken by another writer; re-planning (attempt %d)", entry.version, attempt + 1
         )
-        time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        _pause(attempt)
     raise CommitConflictError(f"could not commit to {loc.uri('')} after {MAX_COMMIT_ATTEMPTS} attempts")
 
 
-def _supersede(loc: Location, txn: str, snap: Snapshot, new_files: Sequence[_Staged]) -> _Plan:
+def _discard(loc: Location, plan: _Plan) -> None:
+    for rel in plan.scratch:
+        loc.delete(rel)
+
+
+def _pause(attempt: int) -> None:
+    time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+
+
+def _supersede(loc: Location, txn: str, snap: Snapshot, new_files: Sequence[_Staged], plan: _Plan) -> None:
     """Plan a write: the new files, plus every current file of the same table that holds one of
     the new files' recordings, rewritten without that recording's rows."""
-    plan = _Plan(add=list(new_files))
+    plan.add.extend(new_files)
     by_table: dict[str, set[int]] = {}
     for staged in new_files:
         by_table.setdefault(staged.table.name, set()).update(staged.recording_ids)
@@ -467,7 +500,6 @@ def _supersede(loc: Location, txn: str, snap: Snapshot, new_files: Sequence[_Sta
         for current in snap.table_files(name):
             if current.recording_ids.intersects(ids, lo, hi):
                 _rewrite_without(loc, txn, table, current, ids, plan)
-    return plan
 
 
 def _rewrite_without(
@@ -663,7 +695,7 @@ class DatasetWriter:
                     self._loc,
                     run_id=self.run_id,
                     operation="write",
-                    plan_for=lambda snap: _supersede(self._loc, self._txn, snap, new_files),
+                    plan_for=lambda snap, plan: _supersede(self._loc, self._txn, snap, new_files, plan),
                 )
                 if new_files
                 else None
@@ -743,7 +775,7 @@ def compact(
         loc,
         run_id=run_id,
         operation="compact",
-        plan_for=lambda snap: _merge_small(loc, txn, snap, target_file_rows),
+        plan_for=lambda snap, plan: _merge_small(loc, txn, snap, target_file_rows, plan),
     )
     loc.remove_empty_dirs(f"{STAGING_DIR}/{txn}")
     now = now or dt.datetime.now(dt.UTC)
@@ -751,8 +783,7 @@ def compact(
     return _result(loc, run_id, committed)
 
 
-def _merge_small(loc: Location, txn: str, snap: Snapshot, target_rows: int) -> _Plan:
-    plan = _Plan()
+def _merge_small(loc: Location, txn: str, snap: Snapshot, target_rows: int, plan: _Plan) -> None:
     for table in DATASET_TABLES.values():
         by_partition: dict[str, list[FileEntry]] = {}
         for entry in snap.table_files(table.name):
@@ -762,7 +793,6 @@ def _merge_small(loc: Location, txn: str, snap: Snapshot, target_rows: int) -> _
             for group in _bins(small, target_rows):
                 if len(group) > 1:
                     _merge(loc, txn, table, group, plan)
-    return plan
 
 
 def _bins(files: list[FileEntry], target_rows: int) -> list[list[FileEntry]]:

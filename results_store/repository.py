@@ -68,6 +68,8 @@ from valence_client.redaction import redact
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 5000
+EXPORT_CHUNK = 2000
+"""Recordings per query in `dataset_rows`, keeping IN lists under SQLite's parameter cap."""
 COPY_MIN_ROWS = 1000
 """From this many rows, PostgreSQL upserts go through COPY (see `_bulk_upsert`)."""
 """Rows per executemany call: bounds the parameter list held in memory for big timelines."""
@@ -745,6 +747,19 @@ def _channel_order(channel: int | None) -> int:
 def dataset_rows(session: Session, recording_ids: Sequence[int]) -> DatasetRows:
     """The Parquet rows for these recordings, straight from the database: the recording row
     and the results of each recording's current jobs (see `_current_jobs`)."""
+    out = DatasetRows()
+    ids = sorted(set(recording_ids))
+    # Chunked: SQLite caps the bound parameters of one statement (the IN lists).
+    for start in range(0, len(ids), EXPORT_CHUNK):
+        part = _dataset_rows_chunk(session, ids[start : start + EXPORT_CHUNK])
+        out.recordings.extend(part.recordings)
+        out.emotion_segments.extend(part.emotion_segments)
+        out.prosody_summaries.extend(part.prosody_summaries)
+        out.prosody_utterances.extend(part.prosody_utterances)
+    return out
+
+
+def _dataset_rows_chunk(session: Session, recording_ids: Sequence[int]) -> DatasetRows:
     recordings = {
         r.id: r
         for r in session.execute(sa.select(Recording).where(Recording.id.in_(recording_ids))).scalars()

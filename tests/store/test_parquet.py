@@ -4,6 +4,7 @@ every row for every reader, crash safety, file counts, compaction and concurrent
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
@@ -306,3 +307,51 @@ def test_writer_rejects_wrong_rows_and_reuse(local_output_uri: str) -> None:
     with pytest.raises(ValueError, match="unknown table"):
         parquet.read_table(local_output_uri, "nope")
     assert parquet.read_table(local_output_uri, "recordings").num_rows == 0
+
+
+def test_publishing_a_stale_head_after_a_later_commit_is_harmless(local_output_uri: str) -> None:
+    """A writer that listed the log just before another commit landed re-publishes an entry
+    whose files the newer commit already rewrote away: that must not fail."""
+    write_run(local_output_uri, "run-1", {1: 10, 2: 20})
+    loc = open_location(local_output_uri)
+    stale = parquet.load_snapshot(loc).head
+    write_run(local_output_uri, "run-2", {2: 21})  # rewrites commit 1's file away
+    assert stale is not None and not loc.exists(stale.add[0].path)
+    parquet.publish(loc, stale)
+    assert segment_keys(local_output_uri)["duckdb"] == expected_keys({1: 10, 2: 21})
+    # Without a newer commit, a missing file is a real inconsistency and is reported.
+    head = parquet.load_snapshot(loc).head
+    assert head is not None
+    loc.delete(head.add[0].path)
+    with pytest.raises(parquet.DatasetError, match="neither staged nor published"):
+        parquet.publish(loc, head)
+
+
+def test_planning_on_a_snapshot_another_commit_invalidated_replans(
+    local_output_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_run(local_output_uri, "run-1", {1: 10, 2: 20})
+    loc = open_location(local_output_uri)
+    stale = parquet.load_snapshot(loc)
+    write_run(local_output_uri, "run-2", {2: 21})  # the file holding recording 1 is rewritten
+    real_load = parquet.load_snapshot
+    served = {"stale": False}
+
+    def first_stale(location: Location) -> parquet.Snapshot:
+        # The writer's first attempt sees the log as it was before run-2 committed.
+        if not served["stale"]:
+            served["stale"] = True
+            return stale
+        return real_load(location)
+
+    writer = parquet.DatasetWriter(local_output_uri, "run-3")
+    writer.add_emotion_segments(segment_records(1, 11, 4))
+    monkeypatch.setattr(parquet, "load_snapshot", first_stale)
+    with caplog.at_level(logging.INFO, logger="results_store.parquet"):
+        result = writer.commit()
+    monkeypatch.undo()
+    assert served["stale"] and result.version == 3
+    assert "dataset changed while planning commit 2; re-planning" in caplog.text
+    want = expected_keys({1: 11, 2: 21})
+    assert segment_keys(local_output_uri) == {"read_table": want, "pyarrow": want, "duckdb": want}
+    assert open_location(local_output_uri).list(parquet.STAGING_DIR, recursive=True) == []

@@ -314,3 +314,20 @@ def test_large_batches_of_results_upsert_once_and_update_in_place(store: Store) 
         assert utterance.expressions == prosody("x", per_job, seed=2).raw_predictions[3].expressions
     with store.session_scope() as s, pytest.raises(LookupError, match="no provider job"):
         repo.save_timelines(s, {999_999: timeline(1)}, flow_run_id=RUN_ID)
+
+
+def test_dataset_rows_are_the_same_when_read_in_chunks(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    with store.session_scope() as s:
+        start_run(s)
+        refs = repo.upsert_recordings(s, [recording_in(n) for n in range(5)])
+        for ref in refs:
+            process(s, ref, segments=2, utterances=1)
+    ids = [r.id for r in reversed(refs)]
+    with store.session_scope() as s:
+        whole = repo.dataset_rows(s, ids)
+    monkeypatch.setattr(repo, "EXPORT_CHUNK", 2)
+    with store.session_scope() as s:
+        chunked = repo.dataset_rows(s, ids)
+    assert chunked == whole
+    assert [r.recording_id for r in whole.recordings] == sorted(ids)
+    assert len(whole.emotion_segments) == 10 and len(whole.prosody_summaries) == 5
