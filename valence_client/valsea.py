@@ -24,7 +24,7 @@ from requests_toolbelt import MultipartEncoder
 from valence_client._common import build_transport, parse, resolve_key
 from valence_client._headers import seconds_until
 from valence_client._logging import get_logger
-from valence_client.errors import InvalidInputError, PredictionError
+from valence_client.errors import InvalidInputError, PredictionError, UploadError
 from valence_client.limiter import RateLimiter
 from valence_client.models import ProsodyJob, ProsodyResult
 from valence_client.polling import Poll, PollPolicy, wait_for_job
@@ -88,6 +88,7 @@ class _Body:
         self._start = _tell(first.stream)
         self.replayable = isinstance(source, str | os.PathLike) or self._start is not None
         self._pending: UploadSource | None = first
+        self._reader: _SizedReader | None = None
 
     def _open(self, size: int | None, file_name: str | None) -> UploadSource:
         src = open_source(self._source, size=size, file_name=file_name)
@@ -99,21 +100,30 @@ class _Body:
         return f"multipart/form-data; boundary={self._boundary}"
 
     def __call__(self) -> MultipartEncoder:
-        src, self._pending = self._pending, None
-        if src is None:
-            if isinstance(self._source, str | os.PathLike):
-                src = self._open(None, self.name)
-            else:
-                src = self._opened[0]
-                src.stream.seek(self._start)  # type: ignore[attr-defined]  # replayable => seekable
+        reader = _SizedReader(self._next_source().stream, self.size)
+        self._reader = reader
         kind = _CONTENT_TYPES.get(os.path.splitext(self.name)[1].lower()) or (
             mimetypes.guess_type(self.name)[0] or "application/octet-stream"
         )
-        fields: dict[str, Any] = {
-            **self._fields,
-            "file": (self.name, _SizedReader(src.stream, self.size), kind),
-        }
+        fields: dict[str, Any] = {**self._fields, "file": (self.name, reader, kind)}
         return MultipartEncoder(fields=fields, boundary=self._boundary)
+
+    def _next_source(self) -> UploadSource:
+        """The source for this attempt: fresh for the first, reopened or rewound after that."""
+        src, self._pending = self._pending, None
+        if src is not None:
+            return src
+        if isinstance(self._source, str | os.PathLike):
+            return self._open(None, self.name)
+        src = self._opened[0]
+        if self._start is not None:
+            src.stream.seek(self._start)  # type: ignore[attr-defined]  # a position => seekable
+            return src
+        if self._reader is not None and self._reader.len == self.size:
+            return src  # a one-way stream the failed attempt never read (connection refused)
+        raise UploadError(
+            "cannot resend a one-way stream that was partly sent", provider=PROVIDER, retryable=True
+        )
 
     def close(self) -> None:
         for src in self._opened:

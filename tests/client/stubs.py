@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,3 +131,33 @@ class StubServer:
 def serve() -> Iterator[StubServer]:
     with StubServer() as stub:
         yield stub
+
+
+def free_port() -> int:
+    """A port nothing listens on (yet): connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LateServer:
+    """A sleeper that starts a stub on a fixed port at its first call: the first attempt is
+    refused (never sent), the retry after the pinned backoff reaches the server."""
+
+    def __init__(self, configure: Callable[[StubServer], object]) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._configure = configure
+        self.server: StubServer | None = None
+        self.sleeps: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.server is None:  # the port is bound only now
+            server = StubServer(port=self.port)
+            self._configure(server)
+            self.server = server.__enter__()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.__exit__()

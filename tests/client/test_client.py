@@ -98,7 +98,7 @@ def test_bad_input_fails_before_any_call(tmp_path: Path, stub: StubServer, valen
     with pytest.raises(InvalidInputError, match="empty"):
         valence.discrete.emotions(audio_array=[])
     with pytest.raises(InvalidInputError, match="numbers"):
-        valence.discrete.emotions(audio_array=[[0.1, 0.2]])
+        valence.discrete.emotions(audio_array=[[0.1, 0.2]])  # type: ignore[list-item]
     assert stub.requests == []
 
 

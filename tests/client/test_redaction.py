@@ -69,6 +69,6 @@ def test_debug_logs_and_errors_hold_no_key_and_no_signature(
         assert secret not in caplog.text, secret
         for record in caplog.records:
             assert secret not in record.getMessage() and secret not in (record.exc_text or "")
-        for exc in errors:
-            assert secret not in str(exc) and secret not in repr(exc), secret
-            assert secret not in str(exc.body)
+        for error in errors:
+            assert secret not in str(error) and secret not in repr(error), secret
+            assert secret not in str(error.body)

@@ -4,7 +4,6 @@ server saw."""
 from __future__ import annotations
 
 import random
-import socket
 from email.utils import formatdate
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.client.conftest import VALENCE_KEY, Sleeps, UpperJitter, make_valence
-from tests.client.stubs import Recorded, Reply, StubServer
+from tests.client.stubs import LateServer, Recorded, Reply, StubServer
 from valence_client import (
     APIConnectionError,
     RateLimitError,
@@ -74,30 +73,17 @@ def test_creating_post_is_resent_after_429(stub: StubServer, valence: ValenceCli
     assert len(stub.requests) == 2 and sleeps == [1.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_creating_post_is_resent_when_the_connection_was_refused() -> None:
-    """Refused = never sent: safe to retry even a creating POST. The server comes up during
-    the (pinned) backoff sleep."""
-    port = _free_port()
-    started: list[StubServer] = []
-
-    def sleep_and_start(seconds: float) -> None:
-        if not started:  # the server binds its port only now
-            started.append(StubServer(port=port).route("POST", INITIATE, INITIATED).__enter__())
-
-    client = make_valence(f"http://127.0.0.1:{port}", sleep_and_start)
+    """Refused = never sent: safe to retry even a creating POST."""
+    late = LateServer(lambda server: server.route("POST", INITIATE, INITIATED))
+    client = make_valence(late.base_url, late)
     try:
         assert client.uploader._initiate("a.wav", 0).request_id == "r"
     finally:
         client.close()
-        for server in started:
-            server.__exit__()
-    assert len(started[0].requests) == 1 and client.stats["connection_errors"] == 1
+        late.close()
+    assert late.server is not None and len(late.server.requests) == 1
+    assert client.stats["connection_errors"] == 1 and late.sleeps == [0.5]
 
 
 def test_429_honours_retry_after_seconds(stub: StubServer, valence: ValenceClient, sleeps: Sleeps) -> None:

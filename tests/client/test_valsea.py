@@ -9,13 +9,14 @@ import pytest
 from requests_toolbelt.multipart import decoder
 
 from tests.client.conftest import VALSEA_KEY, Sleeps, make_valsea
-from tests.client.stubs import Recorded, Reply, StubServer
+from tests.client.stubs import LateServer, Recorded, Reply, StubServer
 from valence_client import (
     APIConnectionError,
     InvalidInputError,
     JobNotReadyError,
     MissingFileError,
     PredictionError,
+    RateLimitError,
     ServerError,
     ValseaClient,
 )
@@ -62,18 +63,8 @@ def test_submit_streams_a_file_with_its_fields(
 
 
 def test_submit_from_a_stream_with_a_size(stub: StubServer, valsea: ValseaClient) -> None:
-    class Body(io.RawIOBase):  # like botocore's StreamingBody: readable, not seekable, no fileno
-        def __init__(self) -> None:
-            self._data = io.BytesIO(b"RIFF" + b"\x01" * 5000)
-
-        def readable(self) -> bool:
-            return True
-
-        def read(self, size: int = -1) -> bytes:
-            return self._data.read(size)
-
     stub.route("POST", SUBMIT, QUEUED)
-    valsea.submit(Body(), size=5004, file_name="object.wav")
+    valsea.submit(OneWay(b"RIFF" + b"\x01" * 5000), size=5004, file_name="object.wav")
     assert form(stub.requests[0])["file"] == ("object.wav", b"RIFF" + b"\x01" * 5000)
 
 
@@ -92,6 +83,39 @@ def test_submit_is_resent_after_429_with_the_same_body_and_key(
     assert form(first)["file"] == form(second)["file"] == ("a.wav", audio.read_bytes())
     assert first.header("Idempotency-Key") == second.header("Idempotency-Key") == "file-sha-abc"
     assert sleeps == [1.0]
+
+
+class OneWay(io.RawIOBase):
+    """Readable, not seekable, no fileno: like botocore's StreamingBody."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+
+def test_one_way_stream_is_resent_only_if_never_read() -> None:
+    late = LateServer(lambda server: server.route("POST", SUBMIT, QUEUED))
+    client = make_valsea(late.base_url, late)
+    try:
+        assert client.submit(OneWay(b"RIFF" + b"\x07" * 999), size=1003, file_name="s3.wav").job_id == "job-1"
+    finally:
+        client.close()
+        late.close()
+    assert late.server is not None
+    (received,) = late.server.requests
+    assert form(received)["file"] == ("s3.wav", b"RIFF" + b"\x07" * 999)
+
+
+def test_one_way_stream_is_not_resent_after_429(stub: StubServer, valsea: ValseaClient) -> None:
+    stub.route("POST", SUBMIT, [Reply(429, headers={"Retry-After": "1"}), QUEUED])
+    with pytest.raises(RateLimitError):
+        valsea.submit(OneWay(b"RIFF" + b"\x00" * 10), size=14)
+    assert len(stub.requests) == 1
 
 
 def test_seekable_stream_is_rewound_for_a_resend(stub: StubServer, valsea: ValseaClient) -> None:
