@@ -275,6 +275,8 @@ class Transport:
             delay = self._retry_delay(call, error, attempt, before_send)
             if delay is None:
                 self.stats.add(failures=1)
+                # Not chained to the requests exception on purpose: its text holds the raw URL
+                # (a presigned signature) and tracebacks printed outside our loggers show causes.
                 raise error
             self.stats.add(retries=1)
             logger.warning(
