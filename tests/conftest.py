@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.emulator",
     "tests.fixtures.store",
+    "tests.fixtures.prefect_server",
 ]

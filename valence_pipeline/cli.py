@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 # Modules exposing `register(subparsers)`; each adds parsers with `set_defaults(func=handler)`,
 # where `handler(args) -> int` is the exit code.
-COMMAND_MODULES: tuple[str, ...] = ("emulator.cli", "valence_pipeline.commands", "results_store.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "emulator.cli",
+    "valence_pipeline.commands",
+    "results_store.cli",
+    "deployments.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
