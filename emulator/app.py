@@ -1,5 +1,6 @@
 """The HTTP surface: `create_app(config)` builds the FastAPI app, `build_asgi(config)` the
-callable the server runs (the seam where a Socket.IO app will wrap it for streaming).
+callable the server runs: that app behind the streaming API's Socket.IO endpoint
+(`/socket.io/`, see `emulator.streaming`), sharing its state (keys, rate limits, ledger).
 
 Valence (header `x-api-key`)::
 
@@ -50,6 +51,7 @@ from emulator.faults import FaultSpec
 from emulator.gate import ASGIApp, Gate, Receive, Scope, Send
 from emulator.state import ApiError, EmulatorState, bad_request
 from emulator.storage import PartInfo, copy_hashing
+from emulator.streaming import socketio_app
 from valence_client.models import (
     VALENCE_MODELS,
     CompleteRequest,
@@ -147,8 +149,9 @@ def create_app(config: EmulatorConfig) -> EmulatorApp:
 
 
 def build_asgi(config: EmulatorConfig) -> ASGIApp:
-    """What the server runs. Streaming will wrap here: `socketio.ASGIApp(sio, create_app(config))`."""
-    return create_app(config)
+    """What the server runs: the HTTP app with the Socket.IO streaming endpoint in front."""
+    app = create_app(config)
+    return socketio_app(app, app.emulator_state)
 
 
 # --------------------------------------------------------------------------- Valence

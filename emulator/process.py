@@ -139,6 +139,16 @@ class EmulatorProcess:
                 proc.kill()
                 proc.wait(timeout=10)
 
+    def restart(self) -> EmulatorProcess:
+        """Stop and start again on the same port with the same keys (all state is lost, as
+        with a real server restart); connected clients see their connections drop."""
+        port = self.base_url.rsplit(":", 1)[-1]
+        if not port.isdigit():
+            raise RuntimeError("restart() needs a started emulator")
+        self.stop()
+        self.args[self.args.index("--port") + 1] = port
+        return self.start()
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
