@@ -3,8 +3,9 @@
     from valence_client import ValenceClient, ValseaClient
 
 `ValenceClient` keeps the public `valenceai` SDK's surface (`discrete`, `asynch`, `rate_limit`,
-same exception names); both clients share one transport design (timeouts, retries, pacing) and
-return the typed models of `valence_client.models`.
+`streaming`, same exception names); both clients share one transport design (timeouts, retries,
+pacing) and return the typed models of `valence_client.models`. The streaming API (Socket.IO)
+lives in `valence_client.streaming`, its wire models in `valence_client.stream_protocol`.
 """
 
 from valence_client._logging import PACKAGE_LOGGER, get_logger
@@ -30,6 +31,7 @@ from valence_client.errors import (
 )
 from valence_client.limiter import DEFAULT_LIMITS, RateLimiter, WindowRateLimiter, shared_limiter
 from valence_client.polling import PollPolicy, wait_for_job
+from valence_client.streaming import ReconnectPolicy, SendQueueFullError, StreamConnection, StreamingAPI
 from valence_client.transport import RetryPolicy, Transport, TransportStats
 from valence_client.upload import MultipartUploader, PartSizeAdjuster
 from valence_client.valsea import ValseaClient
@@ -59,8 +61,12 @@ __all__ = [
     "RateLimitAPI",
     "RateLimitError",
     "RateLimiter",
+    "ReconnectPolicy",
     "RetryPolicy",
+    "SendQueueFullError",
     "ServerError",
+    "StreamConnection",
+    "StreamingAPI",
     "Transport",
     "TransportStats",
     "UploadError",

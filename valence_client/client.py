@@ -1,9 +1,10 @@
 """`ValenceClient`: the public `valenceai` SDK's surface over our transport.
 
 Code written for `valenceai.ValenceClient` keeps working: same constructor arguments, same
-`discrete`, `asynch` and `rate_limit` namespaces and method names, same exception names. What
-changes: answers are typed models (`DiscreteResult`, `AsyncStatus`, ...) instead of dicts, every
-call has a timeout, retries and pacing, and uploads stream in bounded memory.
+`discrete`, `asynch`, `rate_limit` and `streaming` namespaces and method names, same exception
+names. What changes: answers are typed models (`DiscreteResult`, `AsyncStatus`, ...) instead of
+dicts, every call has a timeout, retries and pacing, uploads stream in bounded memory, and a
+stream reconnects by itself with a bounded send queue (`valence_client.streaming`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from valence_client.models import (
     RateLimitStatus,
 )
 from valence_client.polling import Poll, PollPolicy, wait_for_job
+from valence_client.streaming import StreamingAPI
 from valence_client.transport import RetryPolicy, Timeout, Transport, json_body
 from valence_client.upload import (
     MiB,
@@ -351,7 +353,8 @@ class RateLimitAPI:
 
 
 class ValenceClient:
-    """Main client, with the SDK's nested `discrete`, `asynch` and `rate_limit` clients.
+    """Main client, with the SDK's nested `discrete`, `asynch`, `rate_limit` and `streaming`
+    clients.
 
     Keyword-only options beyond the SDK: `timeout` (seconds, or (connect, read)), `max_retries`
     (transport retries per call), `limiter` (defaults to a process-wide one per account),
@@ -418,6 +421,8 @@ class ValenceClient:
             clock=clock if clock is not None else time.monotonic,
         )
         self.rate_limit = RateLimitAPI(self.transport, self.transport.limiter, self._learn_limits)
+        # Same limiter: a stream's connection counts against the account's request budget.
+        self.streaming = StreamingAPI(self._api_key, self.websocket_url, limiter=self.transport.limiter)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ValenceClient:
