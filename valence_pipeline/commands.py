@@ -1,4 +1,4 @@
-"""`valence-pipeline run` and `valence-pipeline demo` (import-light; the work is in handlers)."""
+"""`valence-pipeline run`, `demo` and `stream` (import-light; the work is in handlers)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and results go")
     demo.add_argument("--time-scale", type=float, default=600.0, help="emulator clock speed-up")
     demo.set_defaults(func=_demo)
+
+    stream = sub.add_parser(
+        "stream", help="stream a recording to the Valence streaming API; print predictions as they arrive"
+    )
+    stream.add_argument("file", type=Path, help="audio file (WAV, FLAC, ...; downmixed to mono)")
+    stream.add_argument(
+        "--pace", type=float, default=1.0, help="1 = real time (default), 2 = twice as fast, 0 = no pacing"
+    )
+    stream.add_argument(
+        "--model", choices=("4emotions", "7emotions"), help="default: VALENCE_PIPELINE_VALENCE_MODEL"
+    )
+    stream.add_argument(
+        "--wait-s", type=float, default=30.0, help="how long to wait for the last predictions (default 30)"
+    )
+    stream.set_defaults(func=_stream)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,3 +57,9 @@ def _demo(args: argparse.Namespace) -> int:
     from valence_pipeline.demo import run_demo
 
     return run_demo(args.workdir.resolve(), time_scale=args.time_scale)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from valence_pipeline.streaming import run_stream
+
+    return run_stream(args.file, pace=args.pace, model=args.model, wait_s=args.wait_s)
