@@ -10,12 +10,13 @@ by their key first so concurrent writers lock rows in the same order and cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -66,6 +67,8 @@ from valence_client.models import PROSODY_METRICS, EmotionSegment, ProsodyResult
 from valence_client.redaction import redact
 
 log = logging.getLogger(__name__)
+
+_V = TypeVar("_V", RecordingView, JobView, OutputView, RunView)
 
 CHUNK_ROWS = 5000
 EXPORT_CHUNK = 2000
@@ -986,69 +989,23 @@ def _recording_ref(rec: Recording) -> RecordingRef:
     return RecordingRef(rec.id, rec.bucket, rec.key, rec.object_version, rec.status)
 
 
+def _view(cls: type[_V], row: Any, **computed: Any) -> _V:
+    """A read-only view of an ORM row: same-named attributes copied, the rest given."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in computed]
+    return cls(**{name: getattr(row, name) for name in names}, **computed)
+
+
 def _recording_view(rec: Recording) -> RecordingView:
-    return RecordingView(
-        id=rec.id,
-        uri=s3_uri(rec.bucket, rec.key),
-        object_version=rec.object_version,
-        version_id=rec.version_id,
-        etag=rec.etag,
-        size_bytes=rec.size_bytes,
-        sha256=rec.sha256,
-        content_type=rec.content_type,
-        duration_s=rec.duration_s,
-        sample_rate=rec.sample_rate,
-        channels=rec.channels,
-        status=rec.status,
-        reason=rec.reason,
-        discovered_at=rec.discovered_at,
-        processed_at=rec.processed_at,
-    )
+    return _view(RecordingView, rec, uri=s3_uri(rec.bucket, rec.key))
 
 
 def _job_view(job: ProviderJob) -> JobView:
-    return JobView(
-        id=job.id,
-        provider=job.provider,
-        model=job.model,
-        external_id=job.external_id,
-        channel=job.channel,
-        status=job.status,
-        attempts=job.attempts,
-        submitted_at=job.submitted_at,
-        completed_at=job.completed_at,
-        error_code=job.error_code,
-        error_message=job.error_message,
-        flow_run_id=job.flow_run_id,
-        task_run_id=job.task_run_id,
-        recording_id=job.recording_id,
-    )
+    return _view(JobView, job)
 
 
 def _output_view(row: Lineage) -> OutputView:
-    return OutputView(
-        kind=row.kind,
-        output_kind=row.output_kind,
-        table_name=row.table_name,
-        uri=row.output_uri,
-        row_count=row.row_count,
-        job_id=row.job_id,
-        flow_run_id=row.flow_run_id,
-        source_recording_id=row.source_recording_id,
-        created_at=row.created_at,
-        superseded_at=row.superseded_at,
-    )
+    return _view(OutputView, row, uri=row.output_uri)
 
 
 def _run_view(run: PipelineRun) -> RunView:
-    return RunView(
-        flow_run_id=run.flow_run_id,
-        deployment=run.deployment,
-        trigger=run.trigger,
-        status=run.status,
-        started_at=run.started_at,
-        ended_at=run.ended_at,
-        counts=dict(run.counts),
-        code_version=run.code_version,
-        settings_hash=run.settings_hash,
-    )
+    return _view(RunView, run, counts=dict(run.counts))
