@@ -712,7 +712,10 @@ class StreamConnection:
         if event is None:
             return
         if link.session_id is None:
+            # An error before `connected` is the refusal. Its disconnect may never reach our
+            # handler: python-socketio ignores a DISCONNECT that lands before `connect()` returns.
             link.refusal = event
+            link.settled.set()
         self._count(errors=1)
         logger.warning("stream error from server: %s", event.error)
         self._emit_user("error", event)
