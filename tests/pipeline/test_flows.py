@@ -6,14 +6,13 @@ of what was paid for.
 
 from __future__ import annotations
 
-import os
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.pipeline.helpers import child_flow_env, configure, paid, statuses
 from valence_pipeline.sample_data import SampleRecording, upload_samples
 from valence_pipeline.seaweedfs import SeaweedFS
 
@@ -59,60 +58,12 @@ def _fresh_postgres_schema(url: str) -> Iterator[str]:
     engine.dispose()
 
 
-def configure(
-    monkeypatch: pytest.MonkeyPatch, sw: SeaweedFS, emu: Any, database_url: str, out: Path, **extra: str
-) -> None:
-    """Point the pipeline at the test services through the environment, as a user would."""
-    env = {
-        **sw.env(),
-        "VALENCE_API_KEY": emu.valence_key,
-        "VALENCE_API_BASE_URL": emu.base_url,
-        "VALSEA_API_KEY": emu.valsea_key,
-        "VALSEA_API_BASE_URL": emu.base_url,
-        "VALENCE_PIPELINE_DATABASE_URL": database_url,
-        "VALENCE_PIPELINE_OUTPUT_URI": str(out),
-        "VALENCE_PIPELINE_VALENCE_PICKUP_DELAY_S": "0.05",
-        "VALENCE_PIPELINE_VALENCE_S_PER_AUDIO_HOUR": "0.1",
-        "VALENCE_PIPELINE_VALSEA_PICKUP_DELAY_S": "0.05",
-        "VALENCE_PIPELINE_VALSEA_S_PER_AUDIO_HOUR": "0.1",
-        "VALENCE_PIPELINE_POLL_MIN_INTERVAL_S": "0.1",
-        "VALENCE_PIPELINE_POLL_MAX_INTERVAL_S": "0.5",
-        "VALENCE_PIPELINE_VALENCE_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
-        "VALENCE_PIPELINE_VALSEA_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
-        **extra,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    from results_store.db import upgrade
-    from valence_pipeline.runtime import reset_runtime
-    from valence_pipeline.settings import get_settings
-
-    get_settings.cache_clear()
-    reset_runtime()
-    upgrade(database_url)
-
-
 def run_nightly(source: str) -> dict[str, Any]:
     from flows.ingest import nightly_ingest
     from valence_pipeline.runtime import reset_runtime
 
     reset_runtime()  # each run starts with fresh clients, flags and counters
     return nightly_ingest(source=source, trigger="manual")
-
-
-def paid(emu: Any) -> Counter[str]:
-    """What the emulator billed, by kind (valence_async, valence_discrete, valsea_job)."""
-    return Counter(entry["kind"] for entry in emu.ledger()["entries"])
-
-
-def statuses(database_url: str) -> dict[str, tuple[str, str | None]]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text("select key, status, reason from recordings")).all()
-    engine.dispose()
-    return {key: (status, reason) for key, status, reason in rows}
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -246,8 +197,7 @@ def test_killed_run_resumes_without_uploading_again(
     upload_samples(s3_client, bucket, samples)
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "child-prefect")}
-    env.pop("PREFECT_API_URL", None)
+    env = child_flow_env(tmp_path / "child-prefect")
     child = subprocess.Popen([sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env)
     deadline = time.monotonic() + 120
     try:
