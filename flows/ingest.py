@@ -16,7 +16,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.discover import discover, resolve
-from tasks.persist import RecordingOutcome, export_parquet, persist_recording
+from tasks.persist import RecordingOutcome, compact_parquet, export_parquet, persist_recording
 from tasks.preflight import preflight
 from tasks.report import Progress, RunSummary, publish_report
 from tasks.runs import close_run, failed_versions, open_run, reuse_known_content
@@ -129,7 +129,10 @@ def nightly_ingest(
 ) -> dict[str, Any]:
     """The scheduled job: every new or changed recording under `source` (one or more s3:// prefixes)."""
     objects = discover(_sources(source), since=since, max_files=max_files)
-    return process_objects(objects, _today_name("nightly"), trigger, max_audio_hours)
+    result = process_objects(objects, _today_name("nightly"), trigger, max_audio_hours)
+    # Once a night, not per upload event: the day's event runs each added small files.
+    result["parquet_files_compacted"] = compact_parquet(result["run_id"])
+    return result
 
 
 @flow(name="process-recordings", flow_run_name=lambda: _today_name("process"), task_runner=TASK_RUNNER)

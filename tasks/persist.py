@@ -77,3 +77,19 @@ def export_parquet(run_id: str, recording_ids: list[int]) -> list[str]:
     so the dataset and the database agree row for row."""
     rt = runtime()
     return rt.store.export_run(run_id, recording_ids, rt.settings.output_uri)
+
+
+@task(
+    name="compact-parquet",
+    task_run_name="compact parquet",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    cache_policy=NO_CACHE,
+)
+def compact_parquet(run_id: str) -> int:
+    """Nightly housekeeping: small files merged per partition, crash leftovers removed.
+    A concurrent run's commit wins and this one retries on the new snapshot."""
+    rt = runtime()
+    merged = rt.store.compact_dataset(run_id, rt.settings.output_uri)
+    log.info("compaction merged %d small Parquet files", merged)
+    return merged

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from results_store import repository as repo
 from results_store.db import Store, get_store
 from results_store.models import JobStatus, Provider, Recording, RecordingStatus, RunStatus, RunTrigger
-from results_store.parquet import DatasetWriter
+from results_store.parquet import DatasetWriter, compact
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
 from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
@@ -164,6 +164,14 @@ class PipelineStore:
         with self.store.session_scope() as s:
             repo.record_parquet_commit(s, result)
         return list(result.file_uris)
+
+    def compact_dataset(self, run_id: str, output_uri: str) -> int:
+        """Merge each partition's small files (every upload-event run adds one) and move their
+        lineage to the merged files; returns how many files were merged away."""
+        result = compact(output_uri, run_id=run_id)
+        with self.store.session_scope() as s:
+            repo.record_parquet_commit(s, result)
+        return len(result.removed)
 
     # --- runs ----------------------------------------------------------------------------
     def start_run(

@@ -6,7 +6,6 @@ of what was paid for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +25,6 @@ SAMPLES: tuple[SampleRecording, ...] = (
 )
 
 
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.db'}"
-        return
-    yield from _fresh_postgres_schema(request.getfixturevalue("postgres_url"))
-
-
-def _fresh_postgres_schema(url: str) -> Iterator[str]:
-    import uuid
-
-    import sqlalchemy as sa
-
-    schema = f"p_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    sep = "&" if "?" in url else "?"
-    yield f"{url}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-    engine.dispose()
-
-
 def run_nightly(source: str) -> dict[str, Any]:
     from flows.ingest import nightly_ingest
     from valence_pipeline.runtime import reset_runtime
@@ -66,16 +33,17 @@ def run_nightly(source: str) -> dict[str, Any]:
     return nightly_ingest(source=source, trigger="manual")
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.usefixtures("prefect_harness")
 def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
     s3_client: Any,
     bucket: str,
     emu: Any,
-    database_url: str,
+    db_url: str,
     tmp_path: Path,
 ) -> None:
+    database_url = db_url  # once on SQLite, once on PostgreSQL
     upload_samples(s3_client, bucket, SAMPLES)
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
     result = run_nightly(f"s3://{bucket}/in/")
@@ -111,7 +79,7 @@ def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
     assert paid(emu) == first
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.usefixtures("prefect_harness")
 def test_new_version_is_processed_and_a_copy_reuses_results(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
@@ -144,7 +112,7 @@ def test_new_version_is_processed_and_a_copy_reuses_results(
     assert after["valsea_job"] == before["valsea_job"] + 1
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.usefixtures("prefect_harness")
 def test_faults_end_in_terminal_states_without_paying_twice(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
@@ -177,7 +145,7 @@ nightly_ingest(source=sys.argv[1], trigger="manual")
 """
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.usefixtures("prefect_harness")
 def test_killed_run_resumes_without_uploading_again(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
