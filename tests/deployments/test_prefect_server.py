@@ -8,15 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.prefect_server import PrefectServer, read_json
+from tests.pipeline.helpers import pipeline_env
 from valence_pipeline.sample_data import SampleRecording, upload_samples
 from valence_pipeline.seaweedfs import SeaweedFS
 
@@ -33,43 +32,15 @@ def deployed(real_prefect_server: PrefectServer) -> PrefectServer:
     return real_prefect_server
 
 
-@pytest.fixture
-def pg_database_url(postgres_url: str) -> Iterator[str]:
-    """A fresh schema: several flow-run processes write at once, which SQLite would serialise."""
-    import sqlalchemy as sa
-
-    schema = f"d_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-    sep = "&" if "?" in postgres_url else "?"
-    yield f"{postgres_url}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-    engine.dispose()
-
-
 def worker_env(
     server: PrefectServer, sw: SeaweedFS, emu: Any, database_url: str, out: Path
 ) -> dict[str, str]:
+    """A worker's environment: the pipeline's configuration (PostgreSQL: several flow-run
+    processes write at once) plus this server."""
     from results_store.db import upgrade
 
     upgrade(database_url)
-    return server.env(
-        **sw.env(),
-        VALENCE_API_KEY=emu.valence_key,
-        VALENCE_API_BASE_URL=emu.base_url,
-        VALSEA_API_KEY=emu.valsea_key,
-        VALSEA_API_BASE_URL=emu.base_url,
-        VALENCE_PIPELINE_DATABASE_URL=database_url,
-        VALENCE_PIPELINE_OUTPUT_URI=str(out),
-        VALENCE_PIPELINE_VALENCE_PICKUP_DELAY_S="0.05",
-        VALENCE_PIPELINE_VALENCE_S_PER_AUDIO_HOUR="0.1",
-        VALENCE_PIPELINE_VALSEA_PICKUP_DELAY_S="0.05",
-        VALENCE_PIPELINE_VALSEA_S_PER_AUDIO_HOUR="0.1",
-        VALENCE_PIPELINE_POLL_MIN_INTERVAL_S="0.2",
-        VALENCE_PIPELINE_POLL_MAX_INTERVAL_S="1",
-    )
+    return server.env(**pipeline_env(sw, emu, database_url, out))
 
 
 def deployment(server: PrefectServer, name: str) -> dict[str, Any]:
@@ -144,11 +115,11 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     s3_client: Any,
     bucket: str,
     emu: Any,
-    pg_database_url: str,
+    pg_url: str,
     tmp_path: Path,
 ) -> None:
     upload_samples(s3_client, bucket, (SampleRecording("calls/new.wav", 12),))
-    env = worker_env(deployed, seaweedfs, emu, pg_database_url, tmp_path / "parquet")
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "parquet")
     deployed.start_worker(POOL, "w-notify", env, tmp_path / "worker.log")
     upload = deployment(deployed, "process-recordings/on-upload")
     before = len(flow_runs(deployed, upload["id"]))
@@ -164,7 +135,7 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     [run] = [r for r in runs if r["parameters"].get("uris") == [uri]]
     assert run["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert run["parameters"]["trigger"] == "event"
-    assert recording_statuses(pg_database_url) == {"calls/new.wav": "completed"}
+    assert recording_statuses(pg_url) == {"calls/new.wav": "completed"}
 
 
 def test_notify_refuses_a_prefix(deployed: PrefectServer) -> None:
@@ -181,7 +152,7 @@ def test_workers_share_the_provider_rate_limits(
     s3_client: Any,
     bucket: str,
     make_emulator: Any,
-    pg_database_url: str,
+    pg_url: str,
     tmp_path: Path,
 ) -> None:
     # The providers allow 5 calls a second; the operator set the shared limits to 2/s. Each
@@ -194,11 +165,7 @@ def test_workers_share_the_provider_rate_limits(
         _set_global_limit(deployed, f"{provider}-api", 2)
     samples = tuple(SampleRecording(f"in/r{i}.wav", 15 + i) for i in range(6))
     upload_samples(s3_client, bucket, samples)
-    env = worker_env(deployed, seaweedfs, emu, pg_database_url, tmp_path / "parquet")
-    env |= {
-        "VALENCE_PIPELINE_VALENCE_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
-        "VALENCE_PIPELINE_VALSEA_RATE_LIMITS": '{"second": 50, "minute": 3000, "hour": 100000, "day": 1000000}',
-    }
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "parquet")  # 50/s per process
     upload = deployment(deployed, "process-recordings/on-upload")
     before = len(flow_runs(deployed, upload["id"]))
     for name in ("w-a", "w-b"):
@@ -215,7 +182,7 @@ def test_workers_share_the_provider_rate_limits(
     a, b = mine
     # Precondition of the point being made: the two runs (processes) overlapped.
     assert a["start_time"] < b["end_time"] and b["start_time"] < a["end_time"]
-    assert set(recording_statuses(pg_database_url).values()) == {"completed"}
+    assert set(recording_statuses(pg_url).values()) == {"completed"}
     answered = Counter(entry["status"] for entry in emu.requests_log())
     assert answered[429] == 0, answered
 
