@@ -11,7 +11,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow, tags, unmapped
 from prefect.runtime import deployment, flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -70,7 +70,7 @@ def process_objects(
     summary.outcomes.extend(o for o in reused if o is not None)
 
     items = [item for v, rid in to_do for item in plan_work(v, rid, rt.settings)]
-    handles: list[JobHandle] = list(submit.map(items).result()) if items else []
+    handles = _submit_all(items)
     positions = [i for i, h in enumerate(handles) if h.state == "submitted"]
     if positions:
         # One task waits for all of them (same order back), instead of a sleeping worker each.
@@ -99,6 +99,29 @@ def process_objects(
     text = publish_report(summary, rejected_rows)
     close_run(run_id, summary.counts())
     return {"run_id": run_id, "summary": text, **summary.counts()}
+
+
+def _submit_all(items: list[Any]) -> list[JobHandle]:
+    """Both providers' submissions at once, each task run tagged with its provider (so the UI
+    can filter on `valence` / `valsea`); handles come back in the order of `items`."""
+    pending = []
+    for provider in ("valence", "valsea"):
+        positions = [i for i, item in enumerate(items) if item.provider == provider]
+        if positions:
+            with tags(provider):
+                pending.append((positions, submit.map([items[i] for i in positions])))
+    handles: list[JobHandle | None] = [None] * len(items)
+    for positions, futures in pending:
+        for i, handle in zip(positions, futures.result(), strict=True):
+            handles[i] = handle
+    assert all(h is not None for h in handles), "every item belongs to one provider"
+    return [h for h in handles if h is not None]
+
+
+def _upload_name() -> str:
+    """`upload s3://bucket/key` for an upload event's run (several objects: how many)."""
+    uris = list(flow_run.parameters.get("uris") or [])
+    return f"upload {uris[0]}" if len(uris) == 1 else f"upload {len(uris)} objects"
 
 
 def _within_budget(accepted: list[Any], max_audio_hours: float | None) -> tuple[list[Any], int]:
@@ -135,10 +158,10 @@ def nightly_ingest(
     return result
 
 
-@flow(name="process-recordings", flow_run_name=lambda: _today_name("process"), task_runner=TASK_RUNNER)
+@flow(name="process-recordings", flow_run_name=_upload_name, task_runner=TASK_RUNNER)
 def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any]:
     """The given objects (an upload event names one), at their current version."""
-    return process_objects(resolve(uris), _today_name("process"), trigger, None)
+    return process_objects(resolve(uris), _upload_name(), trigger, None)
 
 
 @flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), task_runner=TASK_RUNNER)

@@ -135,6 +135,11 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     [run] = [r for r in runs if r["parameters"].get("uris") == [uri]]
     assert run["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert run["parameters"]["trigger"] == "event"
+    assert run["name"] == f"upload {uri}"
+    body = {"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}
+    task_runs = read_json(deployed, "POST", "/task_runs/filter", body)
+    tagged = {tag: sorted(t["name"] for t in task_runs if tag in t["tags"]) for tag in ("valence", "valsea")}
+    assert tagged == {"valence": [f"async {uri}"], "valsea": [f"prosody {uri}"]}
     assert recording_statuses(pg_url) == {"calls/new.wav": "completed"}
 
 
