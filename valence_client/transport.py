@@ -133,12 +133,15 @@ def failed_before_send(exc: BaseException) -> bool:
     return False
 
 
-def json_body(response: requests.Response, provider: str) -> Any:
-    """The decoded JSON of a 2xx answer (None if empty); a non-JSON answer is a `ServerError`."""
+def json_body(
+    response: requests.Response, provider: str, object_hook: Callable[[dict[str, Any]], Any] | None = None
+) -> Any:
+    """The decoded JSON of a 2xx answer (None if empty); a non-JSON answer is a `ServerError`.
+    `object_hook` is `json.loads`'s: it may turn objects into models as they are decoded."""
     if not response.content:
         return None
     try:
-        return response.json()
+        return response.json(object_hook=object_hook)
     except ValueError as exc:
         raise ServerError(
             f"{provider}: {response.request.method} {redact_url(response.url)} answered "

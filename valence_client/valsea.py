@@ -26,7 +26,7 @@ from valence_client._headers import seconds_until
 from valence_client._logging import get_logger
 from valence_client.errors import InvalidInputError, PredictionError, UploadError
 from valence_client.limiter import RateLimiter
-from valence_client.models import ProsodyJob, ProsodyResult
+from valence_client.models import ProsodyJob, ProsodyResult, prosody_object_hook
 from valence_client.polling import Poll, PollPolicy, wait_for_job
 from valence_client.transport import RetryPolicy, Timeout, Transport, json_body
 from valence_client.upload import Readable, UploadSource, open_source
@@ -258,7 +258,8 @@ class ValseaClient:
 
     def result(self, job_id: str) -> ProsodyResult:
         """The scores of a completed job; `JobNotReadyError` (409) before that."""
-        body = self.transport.request_json("GET", f"/v1/prosody/{job_id}/result", job_id=job_id)
+        response = self.transport.request("GET", f"/v1/prosody/{job_id}/result", job_id=job_id)
+        body = json_body(response, PROVIDER, object_hook=prosody_object_hook)
         return parse(ProsodyResult, body, provider=PROVIDER, what="result", job_id=job_id)
 
     def wait(

@@ -20,6 +20,7 @@ from valence_client import (
     ServerError,
     ValseaClient,
 )
+from valence_client.models import PROSODY_EXPRESSIONS
 
 SUBMIT = r"/v1/prosody"
 QUEUED = Reply(202, json={"job_id": "job-1", "status": "queued"})
@@ -178,6 +179,31 @@ def test_status_result_and_not_ready(stub: StubServer, valsea: ValseaClient) -> 
     assert result.emotions.politeness == 0.9
     (utterance,) = result.raw_predictions
     assert (utterance.begin_s, utterance.end_s, len(utterance.expressions)) == (0.5, 1.5, 48)
+
+
+def _result_with(*utterances: dict[str, object]) -> Reply:
+    return Reply(
+        json={"job_id": "j", "status": "completed", "emotions": SCORES, "raw_predictions": list(utterances)}
+    )
+
+
+def test_result_utterances_share_their_expression_names(stub: StubServer, valsea: ValseaClient) -> None:
+    # Built utterance by utterance, with one copy of each name: a 9 h result has ~6,700 of them.
+    named = [{"name": name, "score": 0.5} for name in PROSODY_EXPRESSIONS]
+    utterance = {"text": "hi", "time": {"begin": 0.0, "end": 1.0}, "emotions": named}
+    stub.route("GET", r"/v1/prosody/j/result", _result_with(utterance, utterance))
+    first, second = valsea.result("j").raw_predictions
+    assert list(first.expressions) == list(PROSODY_EXPRESSIONS)
+    assert all(a is b for a, b in zip(first.expressions, second.expressions, strict=True))
+
+
+def test_result_with_an_unreadable_utterance_is_a_prediction_error(
+    stub: StubServer, valsea: ValseaClient
+) -> None:
+    bad = {"text": "hi", "time": {"begin": "soon", "end": 1.0}, "emotions": [0.1] * 48}
+    stub.route("GET", r"/v1/prosody/j/result", _result_with(bad))
+    with pytest.raises(PredictionError):
+        valsea.result("j")
 
 
 def test_wait_polls_until_completed(stub: StubServer, valsea: ValseaClient, sleeps: Sleeps) -> None:
