@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.runtime import task_run as task_run_ctx
 
 from tasks.preflight import Preflight
-from tasks.work import JobHandle, Mode, WorkItem
+from tasks.work import JobHandle, Mode, Results, WorkItem
 from valence_client.errors import AuthenticationError, InsufficientCreditsError, ValenceSDKException
 from valence_pipeline.audio import WavStream
 from valence_pipeline.runtime import Runtime, runtime
@@ -138,7 +138,9 @@ def _submit_discrete(rt: Runtime, item: WorkItem, stream: Any) -> JobHandle:
         confidence=result.confidence,
         all_predictions=result.all_predictions,
     )
-    return JobHandle(item=item, job_id=job_id, external_id=external_id, state="completed", segments=[segment])
+    return JobHandle(
+        item=item, job_id=job_id, external_id=external_id, state="completed", results=Results([segment])
+    )
 
 
 def _submit_async(rt: Runtime, item: WorkItem, stream: Any, size: int, name: str) -> JobHandle:

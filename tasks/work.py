@@ -33,6 +33,24 @@ class WorkItem:
         return f"{self.provider}/{self.mode} {self.obj.uri}{suffix}"
 
 
+class Results:
+    """What a finished job brought back (a Valence timeline, a Valsea result).
+
+    A plain class on purpose, not a list, dataclass or model: Prefect walks every list, dict,
+    dataclass and pydantic model in a task's parameters looking for futures, with bookkeeping
+    per object it meets. A 9 h recording's results are ~330,000 objects, so handing its
+    handles to `persist` cost ~40 MiB and seconds of CPU. A plain object is one leaf to it.
+    """
+
+    __slots__ = ("prosody", "segments")
+
+    def __init__(
+        self, segments: list[EmotionSegment] | None = None, prosody: ProsodyResult | None = None
+    ) -> None:
+        self.segments: list[EmotionSegment] = segments if segments is not None else []
+        self.prosody = prosody
+
+
 @dataclass
 class JobHandle:
     """A provider job after submission: in flight (`submitted`) or already final."""
@@ -42,8 +60,23 @@ class JobHandle:
     external_id: str | None
     state: JobState
     submitted_at: float = 0.0
-    segments: list[EmotionSegment] = field(default_factory=list)
-    prosody: ProsodyResult | None = None
     error_code: str | None = None
     error_message: str | None = None
     resubmitted: bool = False
+    results: Results = field(default_factory=Results, repr=False, compare=False)
+
+    @property
+    def segments(self) -> list[EmotionSegment]:
+        return self.results.segments
+
+    @segments.setter
+    def segments(self, value: list[EmotionSegment]) -> None:
+        self.results.segments = value
+
+    @property
+    def prosody(self) -> ProsodyResult | None:
+        return self.results.prosody
+
+    @prosody.setter
+    def prosody(self, value: ProsodyResult | None) -> None:
+        self.results.prosody = value
