@@ -73,6 +73,9 @@ _V = TypeVar("_V", RecordingView, JobView, OutputView, RunView)
 CHUNK_ROWS = 5000
 EXPORT_CHUNK = 2000
 """Recordings per query in `dataset_rows`, keeping IN lists under SQLite's parameter cap."""
+EXPORT_FETCH_ROWS = 1000
+"""Result rows fetched at a time in `dataset_rows`: a 9 h recording's ~6,700 utterances are never
+all held as raw rows (their JSON text) next to the records built from them."""
 COPY_MIN_ROWS = 1000
 """From this many rows, PostgreSQL upserts go through COPY (see `_bulk_upsert`)."""
 """Rows per executemany call: bounds the parameter list held in memory for big timelines."""
@@ -782,6 +785,7 @@ def _dataset_rows_chunk(session: Session, recording_ids: Sequence[int]) -> Datas
         sa.select(EmotionSegmentRow)
         .where(EmotionSegmentRow.job_id.in_(job_by_id))
         .order_by(EmotionSegmentRow.job_id, EmotionSegmentRow.segment_index)
+        .execution_options(yield_per=EXPORT_FETCH_ROWS)
     ).scalars()
     summaries = session.execute(
         sa.select(ProsodySummaryRow)
@@ -792,6 +796,7 @@ def _dataset_rows_chunk(session: Session, recording_ids: Sequence[int]) -> Datas
         sa.select(ProsodyUtteranceRow)
         .where(ProsodyUtteranceRow.job_id.in_(job_by_id))
         .order_by(ProsodyUtteranceRow.job_id, ProsodyUtteranceRow.utterance_index)
+        .execution_options(yield_per=EXPORT_FETCH_ROWS)
     ).scalars()
     for seg in segments:
         for rid in owners_of[seg.job_id]:
