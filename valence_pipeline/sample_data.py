@@ -128,16 +128,21 @@ def upload_samples(
     return uris
 
 
-def write_large_wav(path: Path, size_bytes: int, samplerate: int = 16000) -> None:
-    """A PCM_16 mono WAV of about `size_bytes` (for memory tests): speech-like blocks repeated."""
-    frames = (size_bytes - 44) // 2
-    block = next(speech_like_blocks(BLOCK_S, samplerate, 1, seed=7))[:, 0]
-    pcm = (block * 32767).astype("<i2").tobytes()
+def write_large_wav(path: Path, size_bytes: int, samplerate: int = 16000, channels: int = 1) -> None:
+    """A PCM_16 WAV of at most `size_bytes` (for memory tests): speech-like blocks repeated.
+
+    With `channels=2` it is a two-speaker call (interleaved frames), the shape that makes the
+    pipeline downmix on the fly.
+    """
+    frame_bytes = 2 * channels
+    frames = (size_bytes - 44) // frame_bytes
+    block = next(speech_like_blocks(BLOCK_S, samplerate, channels, seed=7))
+    pcm = (block * 32767).astype("<i2").tobytes()  # C order: frames interleaved
     with path.open("wb") as f:
         from valence_pipeline.audio import wav_header
 
-        f.write(wav_header(frames, samplerate))
-        remaining = frames * 2
+        f.write(wav_header(frames, samplerate, channels))
+        remaining = frames * frame_bytes
         while remaining > 0:
             chunk = pcm[: min(len(pcm), remaining)]
             f.write(chunk)
