@@ -85,6 +85,19 @@ def test_rows_round_trip_with_the_declared_schema(output_uri: str) -> None:
     assert "/emotion_segments/processing_date=2025-01-01/provider=valence/part-" in data_file.uri
 
 
+def test_staged_files_hold_rows_in_key_order_however_they_were_added(local_output_uri: str) -> None:
+    # Rows that arrive in order are written as they are (no copy); others are sorted first.
+    with parquet.DatasetWriter(local_output_uri, "run-1", processing_date=DAY1) as writer:
+        writer.add_emotion_segments(segment_records(2, 20, 3)[::-1])
+        writer.add_emotion_segments(segment_records(1, 10, 3))
+    loc = open_location(local_output_uri)
+    assert writer.result is not None
+    (added,) = writer.result.added
+    rows = pq.read_table(added.uri, filesystem=loc.fs).to_pylist()
+    keys = [(r["recording_id"], r["provider_job_id"], r["segment_index"]) for r in rows]
+    assert keys == expected_keys({1: 10, 2: 20}, segments=3)
+
+
 def test_reprocessing_leaves_one_current_copy_for_every_reader(output_uri: str) -> None:
     write_run(output_uri, "run-1", {1: 10, 2: 20, 3: 30}, day=DAY1)
     # Recording 2 is processed again the next day by a new job.
