@@ -62,6 +62,8 @@ def persist_recording(recording_id: int, uri: str, handles: list[JobHandle], run
     if failures:
         outcome.status, outcome.reason = "failed", "; ".join(failures)
     store.finish_recording(recording_id, status=outcome.status, reason=outcome.reason)
+    for h in handles:
+        h.release()  # all stored: a retry of this task never runs after this point
     return outcome
 
 

@@ -80,3 +80,8 @@ class JobHandle:
     @prosody.setter
     def prosody(self, value: ProsodyResult | None) -> None:
         self.results.prosody = value
+
+    def release(self) -> None:
+        """Drop the results once they are stored: the flow keeps its handles (and Prefect the
+        task states holding them) until the run ends, and the export needs the memory."""
+        self.results = Results()
