@@ -31,7 +31,7 @@ def _missing_samples(s3: Any) -> bool:
     return listed < len(DEMO_SET)
 
 
-def _pipeline_env(workdir: Path, sw: SeaweedFS, emu: Any, time_scale: float) -> dict[str, str]:
+def pipeline_env(workdir: Path, sw: SeaweedFS, emu: Any, time_scale: float) -> dict[str, str]:
     """Everything the run needs, as the environment a user would set (no code-level overrides)."""
     return {
         **sw.env(),
@@ -73,7 +73,7 @@ def run_demo(workdir: Path, time_scale: float = 600.0) -> int:
             time_scale=time_scale,
             data_dir=emulator_dir,
         ) as emu:
-            os.environ.update(_pipeline_env(workdir, sw, emu, time_scale))
+            os.environ.update(pipeline_env(workdir, sw, emu, time_scale))
             result = _run_nightly()
             ledger = emu.ledger()
     _print_outcome(workdir, result, ledger)
