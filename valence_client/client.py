@@ -39,7 +39,7 @@ from valence_client.models import (
 )
 from valence_client.polling import Poll, PollPolicy, wait_for_job
 from valence_client.streaming import StreamingAPI
-from valence_client.transport import RetryPolicy, Timeout, Transport, json_body
+from valence_client.transport import ProviderClient, RetryPolicy, Timeout, Transport, json_body
 from valence_client.upload import (
     MiB,
     MultipartUploader,
@@ -352,7 +352,7 @@ class RateLimitAPI:
         return status
 
 
-class ValenceClient:
+class ValenceClient(ProviderClient):
     """Main client, with the SDK's nested `discrete`, `asynch`, `rate_limit` and `streaming`
     clients.
 
@@ -452,23 +452,6 @@ class ValenceClient:
         """The key in use (SDK attribute). Never part of `repr`."""
         return self._api_key
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Transport counters (calls, retries, 429s, ...) for run summaries."""
-        return self.transport.stats.as_dict()
-
     def _learn_limits(self, status: RateLimitStatus) -> None:
         if status.max_audio_size_mb is not None:
             self.uploader.max_upload_bytes = int(status.max_audio_size_mb * MiB)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> ValenceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"ValenceClient(base_url={self.base_url!r})"

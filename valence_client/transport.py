@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import requests
 import urllib3.exceptions
@@ -99,8 +99,6 @@ class TransportStats:
                 "connection_errors": self.connection_errors,
                 "failures": self.failures,
             }
-
-    snapshot = as_dict
 
 
 @dataclass(frozen=True)
@@ -387,6 +385,31 @@ class Transport:
         if hint is not None and hint <= self.retry.max_retry_after_s:
             return hint
         return self.backoff(attempt)
+
+
+class ProviderClient:
+    """What every provider client shares: it owns one transport, reports its counters and
+    closes it (also as a context manager)."""
+
+    transport: Transport
+    base_url: str
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Transport counters (calls, retries, 429s, ...) for run summaries."""
+        return self.transport.stats.as_dict()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
 
 
 def _short(error: ValenceSDKException) -> str:

@@ -28,7 +28,7 @@ from valence_client.errors import InvalidInputError, PredictionError, UploadErro
 from valence_client.limiter import RateLimiter
 from valence_client.models import ProsodyJob, ProsodyResult, prosody_object_hook
 from valence_client.polling import Poll, PollPolicy, wait_for_job
-from valence_client.transport import RetryPolicy, Timeout, Transport, json_body
+from valence_client.transport import ProviderClient, RetryPolicy, Timeout, Transport, json_body
 from valence_client.upload import Readable, UploadSource, open_source
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _tell(stream: Any) -> int | None:
     return None
 
 
-class ValseaClient:
+class ValseaClient(ProviderClient):
     """One client per Valsea account. Options mirror `ValenceClient`'s keyword options."""
 
     def __init__(
@@ -196,10 +196,6 @@ class ValseaClient:
         }
         options.update(overrides)
         return cls(**options)
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return self.transport.stats.snapshot()
 
     def submit(
         self,
@@ -291,15 +287,3 @@ class ValseaClient:
         if job.status != "completed":
             return Poll(done=False, state=job.status, retry_after=hint)
         return Poll(done=True, value=self.result(job_id), state=job.status)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def __enter__(self) -> ValseaClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"ValseaClient(base_url={self.base_url!r})"
