@@ -3,20 +3,17 @@ Valsea's streamed multipart) in a child process whose peak RSS stays far below t
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from emulator.process import EmulatorProcess
+from tests.fixtures.children import run_measured_child
 from valence_pipeline.sample_data import write_large_wav
 
 SIZE = 300 * 1024 * 1024
 PEAK_LIMIT_MIB = 150
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -24,28 +21,7 @@ def test_large_upload_memory_stays_bounded(emu: EmulatorProcess, tmp_path: Path)
     big = tmp_path / "big.wav"
     write_large_wav(big, SIZE)  # written block by block; never in our memory either
     env = {**os.environ, "VALENCE_API_KEY": emu.valence_key, "VALSEA_API_KEY": emu.valsea_key or ""}
-    # ru_maxrss survives exec: a child exec'd straight from this (big) pytest process would
-    # report pytest's own peak. A shell that forks the child gives it its own accounting.
-    child = subprocess.run(
-        [
-            "/bin/sh",
-            "-c",
-            '"$0" "$@"; exit $?',
-            sys.executable,
-            "-m",
-            "tests.client.memory_child",
-            emu.base_url,
-            str(big),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    report = run_measured_child("tests.client.memory_child", emu.base_url, str(big), env=env)
     print(f"\nbounded-memory upload: {report}")
     assert report["size_mib"] == 300
     assert report["peak_mib"] < PEAK_LIMIT_MIB, report

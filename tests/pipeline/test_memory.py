@@ -13,9 +13,6 @@ measures both).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.children import run_measured_child
 from tests.pipeline.helpers import child_flow_env, configure, paid, statuses
 from valence_pipeline.audio import WAV_HEADER_BYTES
 from valence_pipeline.sample_data import write_large_wav
@@ -37,7 +35,6 @@ SAMPLERATE = 8000
 CHANNELS = 2
 """A stereo telephone call (~9.3 h at 8 kHz): the shape that makes the pipeline downmix."""
 PEAK_LIMIT_MIB = 300
-REPO = Path(__file__).resolve().parents[2]
 KEY = "calls/nine-hour-call.wav"
 
 
@@ -61,23 +58,9 @@ def prefect_api_url() -> Iterator[str]:
 
 
 def run_flow_in_child(prefect_home: Path, api_url: str, uri: str) -> dict[str, Any]:
-    """`process_recordings([uri])` in a fresh process; its peak RSS report.
-
-    ru_maxrss survives exec, so a child exec'd straight from pytest would report pytest's own
-    peak; a shell that forks the child gives it accounting of its own.
-    """
-    child = subprocess.run(
-        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-m", "tests.pipeline.memory_child", uri],
-        cwd=REPO,
-        env={**child_flow_env(prefect_home), "PREFECT_API_URL": api_url},
-        capture_output=True,
-        text=True,
-        timeout=500,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    report: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
-    return report
+    """`process_recordings([uri])` in a fresh process; its peak RSS report."""
+    env = {**child_flow_env(prefect_home), "PREFECT_API_URL": api_url}
+    return run_measured_child("tests.pipeline.memory_child", uri, env=env, timeout_s=500)
 
 
 def timeline_rows(database_url: str) -> int:

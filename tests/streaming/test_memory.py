@@ -4,20 +4,16 @@ queue fill level are measured (no timing is asserted)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from emulator.process import EmulatorProcess
+from tests.fixtures.children import run_measured_child
 from tests.streaming.helpers import StallingProxy
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 AUDIO_MIB = 64
 QUEUE_BYTES = 1 * MiB
@@ -39,20 +35,8 @@ def test_memory_stays_bounded_when_the_server_stops_reading(
     emu: EmulatorProcess, proxy: StallingProxy
 ) -> None:
     env = {**os.environ, "VALENCE_API_KEY": emu.valence_key}
-    # ru_maxrss survives exec: a child exec'd straight from pytest would report pytest's peak.
-    # A shell that forks the child gives it its own accounting.
     args = [proxy.url, str(QUEUE_BYTES), str(AUDIO_MIB)]
-    child = subprocess.run(
-        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-m", "tests.streaming.memory_child", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    report = run_measured_child("tests.streaming.memory_child", *args, env=env)
     print(f"\nslow-server stream: {report}")
 
     assert proxy.stalled.is_set()  # the server really stopped reading
