@@ -63,11 +63,26 @@ def paid(emu: Any) -> Counter[str]:
     return Counter(entry["kind"] for entry in emu.ledger()["entries"])
 
 
-def statuses(database_url: str) -> dict[str, tuple[str, str | None]]:
+def query(database_url: str, statement: Any) -> list[Any]:
+    """The rows of one read-only statement (text or Core), on a short-lived engine."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("select key, status, reason from recordings")).all()
+        rows = list(conn.execute(sa.text(statement) if isinstance(statement, str) else statement).all())
     engine.dispose()
+    return rows
+
+
+def count(database_url: str, table: str, where: str = "") -> int:
+    import sqlalchemy as sa
+
+    statement = sa.select(sa.func.count()).select_from(sa.table(table))
+    if where:
+        statement = statement.where(sa.text(where))
+    return int(query(database_url, statement)[0][0])
+
+
+def statuses(database_url: str) -> dict[str, tuple[str, str | None]]:
+    rows = query(database_url, "select key, status, reason from recordings")
     return {key: (status, reason) for key, status, reason in rows}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.pipeline.helpers import configure
+from tests.pipeline.helpers import configure, count, query
 from valence_pipeline.sample_data import SampleRecording, upload_samples
 from valence_pipeline.seaweedfs import SeaweedFS
 
@@ -34,25 +34,8 @@ def live_files(out: Path) -> Counter[str]:
 
 
 def parquet_lineage(database_url: str) -> list[tuple[str, Any]]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("select output_uri, superseded_at from lineage where output_kind = 'parquet'")
-        ).all()
-    engine.dispose()
+    rows = query(database_url, "select output_uri, superseded_at from lineage where output_kind = 'parquet'")
     return [(uri, superseded) for uri, superseded in rows]
-
-
-def db_count(database_url: str, table: str) -> int:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        n = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
-    engine.dispose()
-    return int(n)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -87,7 +70,7 @@ def test_nightly_run_merges_the_days_event_files_and_lineage_follows(
     after = live_files(out)
     assert set(after) == set(before) and set(after.values()) == {1}
     for table, db_table in TABLES.items():
-        assert read_table(str(out), table).num_rows == db_count(database_url, db_table) > 0
+        assert read_table(str(out), table).num_rows == count(database_url, db_table) > 0
     # Every current lineage row names a file that is in the dataset; none names a merged-away one.
     current = {uri for uri, superseded in parquet_lineage(database_url) if superseded is None}
     assert current and all(Path(uri).is_file() for uri in current)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.pipeline.helpers import child_flow_env, configure, paid, statuses
+from tests.pipeline.helpers import child_flow_env, configure, count, paid, statuses
 from valence_pipeline.sample_data import SampleRecording, upload_samples
 from valence_pipeline.seaweedfs import SeaweedFS
 
@@ -65,13 +65,7 @@ def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
     from results_store.parquet import read_table
 
     segments = read_table(str(tmp_path / "parquet"), "emotion_segments")
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        db_rows = conn.execute(sa.text("select count(*) from emotion_segments")).scalar_one()
-    engine.dispose()
-    assert segments.num_rows == db_rows > 0
+    assert segments.num_rows == count(database_url, "emotion_segments") > 0
 
     # A second run finds nothing new and pays for nothing.
     again = run_nightly(f"s3://{bucket}/in/")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.children import run_measured_child
-from tests.pipeline.helpers import child_flow_env, configure, paid, statuses
+from tests.pipeline.helpers import child_flow_env, configure, count, paid, statuses
 from valence_pipeline.audio import WAV_HEADER_BYTES
 from valence_pipeline.sample_data import write_large_wav
 from valence_pipeline.seaweedfs import SeaweedFS
@@ -63,16 +63,6 @@ def run_flow_in_child(prefect_home: Path, api_url: str, uri: str) -> dict[str, A
     return run_measured_child("tests.pipeline.memory_child", uri, env=env, timeout_s=500)
 
 
-def timeline_rows(database_url: str) -> int:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        count = int(conn.execute(sa.text("select count(*) from emotion_segments")).scalar_one())
-    engine.dispose()
-    return count
-
-
 @pytest.mark.slow
 def test_gigabyte_stereo_call_is_processed_under_300_mib(
     monkeypatch: pytest.MonkeyPatch,
@@ -100,7 +90,7 @@ def test_gigabyte_stereo_call_is_processed_under_300_mib(
     # Valence got the mono downmix (half the bytes), Valsea the original call, both whole.
     assert billed["valence_async"]["bytes"] == WAV_HEADER_BYTES + frames * 2
     assert billed["valsea_job"]["bytes"] == size
-    assert timeline_rows(database_url) >= frames / SAMPLERATE // 5 - 1  # one row per 5 s segment
+    assert count(database_url, "emotion_segments") >= frames / SAMPLERATE // 5 - 1  # one row per 5 s segment
     assert report["peak_mib"] < PEAK_LIMIT_MIB, report
     assert report["vm_hwm_mib"] is None or report["vm_hwm_mib"] < PEAK_LIMIT_MIB, report
 

@@ -9,21 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.pipeline.helpers import configure, paid, statuses
+from tests.pipeline.helpers import configure, count, paid, statuses
 from valence_pipeline.sample_data import SampleRecording, upload_samples
 from valence_pipeline.seaweedfs import SeaweedFS
 
 SAMPLES = tuple(SampleRecording(f"ops/call-{i}.wav", 12 + 3 * i) for i in range(4))
-
-
-def failed_jobs(database_url: str) -> int:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        n = conn.execute(sa.text("select count(*) from provider_jobs where status = 'failed'")).scalar_one()
-    engine.dispose()
-    return int(n)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -44,7 +34,7 @@ def test_retry_failed_pays_only_for_the_jobs_that_failed(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
     first = nightly_ingest(source=f"s3://{bucket}/ops/", trigger="manual")
-    failed = failed_jobs(database_url)
+    failed = count(database_url, "provider_jobs", "status = 'failed'")
     assert first["failed"] > 0 and failed > 0  # precondition: there is something to retry
     paid_first = sum(paid(emu).values())
 
