@@ -158,12 +158,15 @@ def test_async_upload_too_short_is_rejected_at_complete(
 
 def test_wrong_keys(emu: EmulatorProcess, sleeps: Sleeps) -> None:
     with (
-        valence_for(emu, sleeps, api_key="va-wrong-key-123") as client,
+        valence_for(emu, sleeps, api_key=emu.valence_key + "-revoked") as client,
         pytest.raises(AuthenticationError) as info,
     ):
         client.asynch.status("anything")
     assert info.value.status == 401 and info.value.provider == "valence"
-    with valsea_for(emu, sleeps, api_key="vs-wrong-key-456") as valsea, pytest.raises(AuthenticationError):
+    with (
+        valsea_for(emu, sleeps, api_key=f"{emu.valsea_key}-revoked") as valsea,
+        pytest.raises(AuthenticationError),
+    ):
         valsea.status("anything")
 
 

@@ -28,7 +28,6 @@ def _peak_rss(pid: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_gigabyte_upload_keeps_memory_flat(
     make_emulator: Callable[..., EmulatorProcess], tmp_path: Path
 ) -> None:
