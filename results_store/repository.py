@@ -98,7 +98,7 @@ def _insert(session: Session, model: type[Any]) -> Any:
         return postgresql.insert(table)
     if dialect == "sqlite":
         return sqlite.insert(table)
-    raise NotImplementedError(f"results store supports sqlite and postgresql, not {dialect}")
+    raise ValueError(f"the results store supports SQLite and PostgreSQL databases, not {dialect}")
 
 
 def _upsert(
