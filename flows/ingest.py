@@ -110,12 +110,10 @@ def _submit_all(items: list[Any]) -> list[JobHandle]:
         if positions:
             with tags(provider):
                 pending.append((positions, submit.map([items[i] for i in positions])))
-    handles: list[JobHandle | None] = [None] * len(items)
+    handles: dict[int, JobHandle] = {}
     for positions, futures in pending:
-        for i, handle in zip(positions, futures.result(), strict=True):
-            handles[i] = handle
-    assert all(h is not None for h in handles), "every item belongs to one provider"
-    return [h for h in handles if h is not None]
+        handles.update(zip(positions, futures.result(), strict=True))
+    return [handles[i] for i in range(len(items))]
 
 
 def _upload_name() -> str:
