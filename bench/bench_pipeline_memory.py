@@ -118,8 +118,8 @@ def measure(approach: str, mode: str, uri: str, env: dict[str, str]) -> Outcome:
 
 def pipeline_env(workdir: Path, sw: Any, emu: Any, api_url: str | None) -> dict[str, str]:
     """The demo's environment, with a fresh database (so this run uploads) and Prefect API."""
+    from localstack.demo import pipeline_env as demo_env
     from results_store.db import upgrade
-    from valence_pipeline.demo import pipeline_env as demo_env
 
     env = {**os.environ, **demo_env(workdir, sw, emu, TIME_SCALE)}
     env.pop("PREFECT_API_URL", None)
@@ -151,8 +151,8 @@ def upload_recording(sw: Any, path: Path) -> str:
 
 def run_all(size: int, workdir: Path) -> tuple[list[Outcome], float]:
     from emulator.process import EmulatorProcess
-    from valence_pipeline.sample_data import write_large_wav
-    from valence_pipeline.seaweedfs import SeaweedFS
+    from localstack.sample_data import write_large_wav
+    from localstack.seaweedfs import SeaweedFS
 
     started = time.monotonic()
     wav = workdir / "call.wav"

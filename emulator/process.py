@@ -5,7 +5,7 @@
         ...
         assert emu.ledger()["by_sha256"][sha]["total"] == 1
 
-It runs `python -m valence_pipeline.cli emulator --port 0 ...`, reads the port from the one
+It runs `python -m commands.main emulator --port 0 ...`, reads the port from the one
 line the emulator prints on stdout, and sends the child's log (stderr) to a file (`log_path`).
 Keys are random unless given. Faults are always passed explicitly, so an inherited
 `VALENCE_EMULATOR_FAULTS` never leaks into a child that was asked for none.
@@ -101,7 +101,7 @@ class EmulatorProcess:
     def start(self) -> EmulatorProcess:
         if self.process is not None:
             return self
-        cmd = [sys.executable, "-m", "valence_pipeline.cli", "emulator", *self.args]
+        cmd = [sys.executable, "-m", "commands.main", "emulator", *self.args]
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(

@@ -22,9 +22,9 @@ from tasks.report import Progress, RunSummary, publish_report
 from tasks.runs import close_run, failed_versions, open_run, reuse_known_content
 from tasks.submit import plan_work, submit
 from tasks.wait import await_results
-from tasks.work import JobHandle
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion
+from valence_pipeline.work import JobHandle
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.work import JobHandle
 from valence_pipeline.runtime import runtime
+from valence_pipeline.work import JobHandle
 
 log = logging.getLogger(__name__)
 

@@ -1,82 +1,13 @@
-"""Check one object version before any money is spent on it.
-
-Cheap checks first: size from the listing, then the audio headers through a few ranged
-reads, and only for audio that passes, one streamed read to hash the content (SHA-256 is what
-lets the same recording under another key reuse results instead of paying again).
-"""
+"""The preflight task: check one object version and record the verdict."""
 
 from __future__ import annotations
-
-import hashlib
-import logging
-from dataclasses import dataclass
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from valence_pipeline.audio import AudioInfo, AudioRejected, Route, check_limits, probe, route, wav_size
+from valence_pipeline.preflight import Preflight, run_preflight
 from valence_pipeline.runtime import runtime
-from valence_pipeline.s3 import ObjectVersion, S3RangeReader
-from valence_pipeline.settings import Settings
-
-log = logging.getLogger(__name__)
-
-HASH_CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """The verdict on one object version: accepted with a route, or rejected with a reason."""
-
-    obj: ObjectVersion
-    info: AudioInfo | None = None
-    sha256: str | None = None
-    route: Route | None = None
-    reject_code: str | None = None
-    reject_detail: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.reject_code is None
-
-    @property
-    def reason(self) -> str | None:
-        return f"{self.reject_code}: {self.reject_detail}" if self.reject_code else None
-
-
-def sha256_of(s3: Any, obj: ObjectVersion) -> str:
-    """Hash the object version by streaming it (memory: one chunk)."""
-    digest = hashlib.sha256()
-    body = s3.get_object(**obj.get_kwargs())["Body"]
-    for chunk in body.iter_chunks(HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def run_preflight(s3: Any, obj: ObjectVersion, settings: Settings) -> Preflight:
-    """Inspect `obj`; never raises for bad audio (that is a verdict, not an error)."""
-    try:
-        if obj.size == 0:
-            raise AudioRejected("empty", "the object has no bytes")
-        if obj.size > settings.max_file_bytes:
-            raise AudioRejected(
-                "too_large", f"{obj.size} bytes is over the {settings.max_file_bytes}-byte limit"
-            )
-        info = probe(S3RangeReader(s3, obj, window=256 * 1024))
-        check_limits(
-            info, obj.size, min_duration_s=settings.min_duration_s, max_bytes=settings.max_file_bytes
-        )
-    except AudioRejected as rejected:
-        log.info("rejected %s: %s", obj.uri, rejected)
-        return Preflight(obj=obj, reject_code=rejected.code, reject_detail=rejected.detail)
-    chosen = route(
-        info,
-        wav_size(info),
-        discrete_max_s=settings.discrete_max_duration_s,
-        discrete_max_bytes=settings.discrete_max_bytes,
-    )
-    return Preflight(obj=obj, info=info, sha256=sha256_of(s3, obj), route=chosen)
+from valence_pipeline.s3 import ObjectVersion
 
 
 @task(

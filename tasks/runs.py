@@ -9,8 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.persist import RecordingOutcome
-from tasks.preflight import Preflight
 from valence_pipeline import __version__
+from valence_pipeline.preflight import Preflight
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion
 

@@ -17,13 +17,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.runtime import task_run as task_run_ctx
 
-from tasks.preflight import Preflight
-from tasks.work import JobHandle, Mode, Results, WorkItem
 from valence_client.errors import AuthenticationError, InsufficientCreditsError, ValenceSDKException
 from valence_pipeline.audio import WavStream
+from valence_pipeline.preflight import Preflight
 from valence_pipeline.runtime import Runtime, runtime
 from valence_pipeline.s3 import S3RangeReader
 from valence_pipeline.settings import Settings
+from valence_pipeline.work import JobHandle, Mode, Results, WorkItem
 
 log = logging.getLogger(__name__)
 

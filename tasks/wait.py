@@ -18,10 +18,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.submit import submit_item
-from tasks.work import JobHandle
 from valence_client.errors import AuthenticationError, NotFoundError, RateLimitError, ValenceSDKException
 from valence_pipeline.runtime import Runtime, runtime
 from valence_pipeline.settings import Settings
+from valence_pipeline.work import JobHandle
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from valence_client.models import EmotionSegment, ProsodyResult
 from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
 
 if TYPE_CHECKING:
-    from tasks.preflight import Preflight
-    from tasks.work import WorkItem
+    from valence_pipeline.preflight import Preflight
+    from valence_pipeline.work import WorkItem
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import write_audio
 from tests.client.conftest import Sleeps
 from valence_client import (
     APIConnectionError,
@@ -29,7 +30,6 @@ from valence_client import (
     WindowRateLimiter,
 )
 from valence_client.models import VALENCE_MODELS
-from valence_pipeline.sample_data import write_audio
 
 MIB = 1024 * 1024
 

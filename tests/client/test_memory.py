@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import write_large_wav
 from tests.fixtures.children import run_measured_child
-from valence_pipeline.sample_data import write_large_wav
 
 SIZE = 300 * 1024 * 1024
 PEAK_LIMIT_MIB = 150

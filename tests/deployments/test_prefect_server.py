@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from localstack.sample_data import SampleRecording, upload_samples
+from localstack.seaweedfs import SeaweedFS
 from tests.fixtures.prefect_server import PrefectServer, read_json
 from tests.pipeline.helpers import pipeline_env
-from valence_pipeline.sample_data import SampleRecording, upload_samples
-from valence_pipeline.seaweedfs import SeaweedFS
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "valence-pipeline"

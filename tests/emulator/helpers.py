@@ -12,7 +12,7 @@ import requests
 import soundfile as sf
 
 from emulator.process import EmulatorProcess
-from valence_pipeline.sample_data import write_audio
+from localstack.sample_data import write_audio
 
 MIB = 1024 * 1024
 PART = 5 * MIB

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import write_large_wav
 from tests.emulator.helpers import MIB, sha256, status, upload, wav
-from valence_pipeline.sample_data import write_large_wav
 
 SIZE = 1000 * MIB
 """Just under the async API's 1 GiB limit."""

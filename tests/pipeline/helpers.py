@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from valence_pipeline.seaweedfs import SeaweedFS
+from localstack.seaweedfs import SeaweedFS
 
 
 def pipeline_env(sw: SeaweedFS, emu: Any, database_url: str, out: Path, **extra: str) -> dict[str, str]:

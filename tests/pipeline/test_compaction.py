@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from localstack.sample_data import SampleRecording, upload_samples
+from localstack.seaweedfs import SeaweedFS
 from tests.pipeline.helpers import configure, count, query
-from valence_pipeline.sample_data import SampleRecording, upload_samples
-from valence_pipeline.seaweedfs import SeaweedFS
 
 # Dataset table -> database table holding the same rows.
 TABLES = {

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from localstack.sample_data import SampleRecording, upload_samples
+from localstack.seaweedfs import SeaweedFS
 from tests.pipeline.helpers import child_flow_env, configure, count, paid, statuses
-from valence_pipeline.sample_data import SampleRecording, upload_samples
-from valence_pipeline.seaweedfs import SeaweedFS
 
 SAMPLES: tuple[SampleRecording, ...] = (
     SampleRecording("in/clip-6s.wav", 6),

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from localstack.sample_data import write_large_wav
+from localstack.seaweedfs import SeaweedFS
 from tests.fixtures.children import run_measured_child
 from tests.pipeline.helpers import child_flow_env, configure, count, paid, statuses
 from valence_pipeline.audio import WAV_HEADER_BYTES
-from valence_pipeline.sample_data import write_large_wav
-from valence_pipeline.seaweedfs import SeaweedFS
 from valence_pipeline.settings import Settings
 
 MIB = 1024 * 1024
@@ -103,8 +103,8 @@ def test_prefect_sees_a_jobs_results_as_one_leaf() -> None:
     (a 9 h recording's are ~330,000 objects: ~40 MiB of bookkeeping per task that gets them)."""
     from prefect.utilities.collections import visit_collection
 
-    from tasks.work import JobHandle, Results
     from valence_client.models import EmotionSegment
+    from valence_pipeline.work import JobHandle, Results
 
     segments = [
         EmotionSegment(start_s=i * 5.0, end_s=i * 5.0 + 5, emotion="neutral", confidence=0.5)

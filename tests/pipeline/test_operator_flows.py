@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from localstack.sample_data import SampleRecording, upload_samples
+from localstack.seaweedfs import SeaweedFS
 from tests.pipeline.helpers import configure, count, paid, statuses
-from valence_pipeline.sample_data import SampleRecording, upload_samples
-from valence_pipeline.seaweedfs import SeaweedFS
 
 SAMPLES = tuple(SampleRecording(f"ops/call-{i}.wav", 12 + 3 * i) for i in range(4))
 

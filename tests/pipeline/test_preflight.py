@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from tasks.preflight import run_preflight
+from localstack.sample_data import SampleRecording, render
 from valence_pipeline.audio import WavStream, probe
+from valence_pipeline.preflight import run_preflight
 from valence_pipeline.s3 import S3RangeReader, head_version, list_latest_versions
-from valence_pipeline.sample_data import SampleRecording, render
 from valence_pipeline.settings import Settings
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from commands.main import main
 from results_store import repository as repo
 from results_store.db import Store
 from results_store.models import JobStatus, Provider, RecordingStatus, RunStatus
 from results_store.records import JobIn
-from valence_pipeline.cli import main
 
 from .factories import RUN_ID, process, recording_in, start_run
 from .test_dataset_lineage import export

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from commands.main import main
 from results_store import db
 from results_store.models import Base
-from valence_pipeline.cli import main
 
 TABLES = {"recordings", "provider_jobs", "emotion_segments", "prosody_results", "prosody_utterances",
           "pipeline_runs", "lineage"}  # fmt: skip

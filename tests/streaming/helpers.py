@@ -16,8 +16,8 @@ import requests
 import soundfile as sf
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import speech_like_blocks
 from valence_client.models import DiscreteResult
-from valence_pipeline.sample_data import speech_like_blocks
 
 RATE = 44100
 WAIT_S = 60.0

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import write_audio
 from tests.streaming.helpers import ws_url
 from valence_client.models import VALENCE_MODELS
-from valence_pipeline.sample_data import write_audio
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^(\d\d:\d\d)-(\d\d:\d\d)  (\w+) +(0\.\d\d|1\.00)  \[(.*)\]")
@@ -25,7 +25,7 @@ def run_stream(emu: EmulatorProcess, *args: str) -> subprocess.CompletedProcess[
         "VALENCE_WEBSOCKET_URL": ws_url(emu),
     }
     return subprocess.run(
-        [sys.executable, "-m", "valence_pipeline.cli", "stream", *args],
+        [sys.executable, "-m", "commands.main", "stream", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

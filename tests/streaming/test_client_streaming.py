@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from emulator.process import EmulatorProcess
+from localstack.sample_data import write_audio
 from tests.client.conftest import Sleeps
 from tests.streaming.helpers import Events, discrete_of, speech_pcm, ws_url
 from valence_client import (
@@ -24,7 +25,6 @@ from valence_client import (
     WindowRateLimiter,
 )
 from valence_client.stream_protocol import PredictionEvent, window_bytes
-from valence_pipeline.sample_data import write_audio
 
 FAST_RECONNECT = ReconnectPolicy(initial_s=0.05, max_s=0.5)
 

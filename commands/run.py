@@ -54,12 +54,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from valence_pipeline.demo import run_demo
+    from localstack.demo import run_demo
 
     return run_demo(args.workdir.resolve(), time_scale=args.time_scale)
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from valence_pipeline.streaming import run_stream
+    from commands.stream import run_stream
 
     return run_stream(args.file, pace=args.pace, model=args.model, wait_s=args.wait_s)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 # where `handler(args) -> int` is the exit code.
 COMMAND_MODULES: tuple[str, ...] = (
     "emulator.cli",
-    "valence_pipeline.commands",
-    "results_store.cli",
-    "deployments.cli",
+    "commands.run",
+    "commands.db",
+    "commands.notify",
 )
 
 

@@ -123,7 +123,7 @@ class SeaweedFS:
         return self
 
     def _wait_ready(self) -> None:
-        import boto3  # local: keeps `import valence_pipeline.seaweedfs` cheap
+        import boto3  # local: keeps `import localstack.seaweedfs` cheap
         from botocore.config import Config
 
         client = boto3.client("s3", config=Config(retries={"max_attempts": 1}), **self.boto3_kwargs())

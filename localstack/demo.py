@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from valence_pipeline.sample_data import DEMO_SET, upload_samples
-from valence_pipeline.seaweedfs import SeaweedFS
+from localstack.sample_data import DEMO_SET, upload_samples
+from localstack.seaweedfs import SeaweedFS
 
 log = logging.getLogger(__name__)
 
