@@ -98,7 +98,9 @@ class RecordingStatus(StrEnum):
     SUPERSEDED = "superseded"
 
 
-FINISHED_STATUSES = frozenset({RecordingStatus.COMPLETED, RecordingStatus.REJECTED, RecordingStatus.SUPERSEDED})
+FINISHED_STATUSES = frozenset(
+    {RecordingStatus.COMPLETED, RecordingStatus.REJECTED, RecordingStatus.SUPERSEDED}
+)
 """A recording version in one of these states is not processed again by a re-run."""
 
 TERMINAL_STATUSES = FINISHED_STATUSES | {RecordingStatus.FAILED, RecordingStatus.STORED}

@@ -105,7 +105,15 @@ def downgrade() -> None:
         batch.create_check_constraint("job_status", _in("status", JOB_OLD))
     with op.batch_alter_table("recordings") as batch:
         batch.drop_index("ix_recordings_run_id")
-        for column in ("next_attempt_at", "attempts", "lease_until", "claimed_by", "run_id", "route", "audio"):
+        for column in (
+            "next_attempt_at",
+            "attempts",
+            "lease_until",
+            "claimed_by",
+            "run_id",
+            "route",
+            "audio",
+        ):
             batch.drop_column(column)
         batch.drop_constraint(op.f("ck_recordings_recording_status"), type_="check")
         batch.create_check_constraint("recording_status", _in("status", RECORDING_OLD))
