@@ -67,6 +67,8 @@ class DatabaseLedger:
                     raise ValueError(f"limit for {window!r} must be >= 1")
                 row = s.get(ProviderLimit, (self.provider, window))
                 if row is None:
+                    if limit is None:
+                        continue
                     raise LookupError(f"{self.provider} has no {window} limit yet (run once first)")
                 row.operator = limit
         self._cached = None
