@@ -342,23 +342,24 @@ class PipelineStore:
             repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
             return f"s3://{source.bucket}/{source.key}"
 
-    def same_content_in_flight(self, recording_id: int, sha256: str) -> str | None:
-        """Another recording with the same bytes that is being analysed now (and comes first):
-        this one waits for its results instead of paying for them again."""
+    def take_content(self, recording_id: int, sha256: str) -> str | None:
+        """Become the one recording that takes these bytes to the providers, unless another
+        recording with the same bytes already is (returns its URI: wait for its results).
+
+        Every recording with this checksum is locked in id order first (PostgreSQL; SQLite
+        holds the write lock), so two workers checking twins at once cannot both go ahead."""
         with self.store.session_scope() as s:
-            other = s.execute(
-                sa.select(Recording.bucket, Recording.key)
-                .where(
-                    Recording.sha256 == sha256,
-                    Recording.id != recording_id,
-                    sa.or_(
-                        Recording.status.in_(IN_FLIGHT),
-                        sa.and_(Recording.status == RecordingStatus.ACCEPTED, Recording.id < recording_id),
-                    ),
-                )
-                .limit(1)
-            ).first()
-            return None if other is None else f"s3://{other.bucket}/{other.key}"
+            rows = s.execute(
+                sa.select(Recording.id, Recording.status, Recording.bucket, Recording.key)
+                .where(Recording.sha256 == sha256)
+                .order_by(Recording.id)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                if row.id != recording_id and row.status in IN_FLIGHT:
+                    return f"s3://{row.bucket}/{row.key}"
+            repo.set_recording_status(s, recording_id, RecordingStatus.UPLOADING)
+            return None
 
     def failed_object_versions(self, limit: int | None) -> list[ObjectVersion]:
         query = sa.select(Recording).where(Recording.status == RecordingStatus.FAILED).order_by(Recording.id)

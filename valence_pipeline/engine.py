@@ -327,18 +327,19 @@ class Engine:
             log.info("%s has the same content as %s: reusing its results, nothing paid", state.uri, source)
             self._let_go(rid)
             return None
-        twin = self.store.same_content_in_flight(rid, state.sha256)
+        twin = self.store.take_content(rid, state.sha256)
         if twin is not None:
             log.info("%s has the same content as %s, in flight: waiting for its results", state.uri, twin)
             self.later.push(self.clock() + self.settings.twin_wait_s, "take_on", rid)
             return None
         if not self.store.reserve_audio(self.scope.run_id, state.info.duration_s):
             log.info("%s is over the run's audio budget: left for a later run", state.uri)
+            self.store.set_status(rid, "accepted")
             with self._lock:
                 self.deferred.add(rid)
             self._let_go(rid)
             return None
-        return state
+        return self.store.load_recording(rid)
 
     def _let_go(self, rid: int) -> None:
         with self._lock:
