@@ -33,6 +33,22 @@ log = logging.getLogger(__name__)
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+class FilesFailed(Exception):
+    """Some files of the run failed: the run's final state carries this, with its counts."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message, result)
+        self.result = result
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _failed(message: str, result: dict[str, Any]) -> State:
+    # A Failed state's data must be an exception (Prefect raises it to whoever asks).
+    return Failed(message=message, data=FilesFailed(message, result))
+
+
 def _today_name(prefix: str) -> str:
     return f"{prefix}-{date.today().isoformat()}"
 
@@ -52,7 +68,7 @@ def process_objects(
     open_run(run_id, run_name, trigger, deployment.get_name(), audio_budget_s=budget)
     try:
         ids = register(objects, len(objects), run_id)
-        _work(ids, run_id, resend_unknown)
+        _work(ids, run_id, resend_unknown, run_name)
         files = export_dataset(run_id, ids)
     except BaseException:
         close_run(run_id, {"seen": len(objects)}, failed=True)
@@ -65,11 +81,11 @@ def process_objects(
     result = {"run_id": run_id, "summary": text, **summary.counts()}
     if summary.failed:
         log.error("%s: %s", run_name, summary.state_message())
-        return Failed(message=summary.state_message(), data=result)
+        return _failed(summary.state_message(), result)
     return result
 
 
-def _work(ids: list[int], run_id: str, resend_unknown: bool) -> None:
+def _work(ids: list[int], run_id: str, resend_unknown: bool, run_name: str) -> None:
     """In this process, or as batches on the work pool with this run sweeping behind them."""
     if not ids:
         return
@@ -85,9 +101,11 @@ def _work(ids: list[int], run_id: str, resend_unknown: bool) -> None:
         run_deployment(
             settings.batch_deployment,
             parameters={"recording_ids": batch, "parent_run_id": run_id, "resend_unknown": resend_unknown},
+            # Named from the moment it is scheduled, not only once a worker starts it.
+            flow_run_name=f"{run_name} batch {i + 1} of {len(batches)}",
             timeout=0,
         )
-        for batch in batches
+        for i, batch in enumerate(batches)
     ]
     log.info("handed %d recordings to the work pool in %d batches", len(ids), len(batches))
     sweep(ids, len(ids), run_id, _all_final([r.id for r in runs]))
@@ -122,11 +140,6 @@ def _upload_name() -> str:
     return f"upload {uris[0]}" if len(uris) == 1 else f"upload {len(uris)} objects"
 
 
-def _batch_name() -> str:
-    params = flow_run.parameters
-    return f"batch of {len(params.get('recording_ids') or [])} for {str(params.get('parent_run_id'))[:8]}"
-
-
 def _sources(source: str | list[str]) -> list[str]:
     return [source] if isinstance(source, str) else list(source)
 
@@ -145,7 +158,7 @@ def nightly_ingest(
     # Once a night, not per upload event: the day's event runs each added small files.
     compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
     if isinstance(result, State):
-        result.data["dataset_files_compacted"] = compacted  # type: ignore[index]
+        result.data.result["dataset_files_compacted"] = compacted  # type: ignore[union-attr]
         return result
     result["dataset_files_compacted"] = compacted
     return result
@@ -157,14 +170,16 @@ def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any
     return process_objects(resolve(uris), _upload_name(), trigger, None)
 
 
-@flow(name="process-batch", flow_run_name=_batch_name)
+@flow(name="process-batch")  # named by the night when it schedules the run (see `_work`)
 def process_batch(
     recording_ids: list[int], parent_run_id: str, resend_unknown: bool = False
 ) -> dict[str, Any] | State:
     """One batch of a night, on whichever worker of the pool picked it up."""
     send_pipeline_logs_to_prefect()
     batch_id = str(flow_run.get_id())
-    open_run(batch_id, _batch_name(), "schedule", deployment.get_name(), parent_run_id=parent_run_id)
+    open_run(
+        batch_id, str(flow_run.get_name()), "schedule", deployment.get_name(), parent_run_id=parent_run_id
+    )
     try:
         process(recording_ids, len(recording_ids), parent_run_id, batch_id, resend_unknown)
         export_dataset(batch_id, recording_ids)
@@ -177,7 +192,7 @@ def process_batch(
     counts = {"seen": len(recording_ids), "failed": failed, **rt.api_stats()}
     close_run(batch_id, counts, failed=failed > 0)
     if failed:
-        return Failed(message=f"{failed} of {len(recording_ids)} files failed", data=counts)
+        return _failed(f"{failed} of {len(recording_ids)} files failed", counts)
     return counts
 
 
@@ -207,6 +222,8 @@ def run_to_result(flow_fn: Any, **parameters: Any) -> dict[str, Any]:
     failed (the CLI, the demo and tests read the counts either way); a crash still raises."""
     state = flow_fn(**parameters, return_state=True)
     result = state.result(raise_on_failure=False)
+    if isinstance(result, FilesFailed):
+        return dict(result.result)
     if isinstance(result, BaseException):
         raise result
     return dict(result)

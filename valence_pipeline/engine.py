@@ -597,8 +597,10 @@ class Engine:
         state = self.store.load_recording(job.recording_id)
         [item] = [i for i in plan_work(state, self.settings) if i.slot == (job.provider, job.channel)]
         log.warning("%s expired before it was fetched; submitting again once", item.label)
-        self.store.fail_job(job.id, "expired", "the result expired before it was fetched")
+        # The new job first: until it exists, the expired one still counts as pending, so no
+        # one finishes the recording as failed in between.
         self._submit(item, attempts=2)
+        self.store.fail_job(job.id, "expired", "the result expired before it was fetched")
         return False
 
     # --- finishing a recording ------------------------------------------------------------------

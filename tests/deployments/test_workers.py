@@ -20,6 +20,7 @@ import pytest
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.deployments.test_prefect_server import POOL, REPO, deployment, worker_env
+from tests.fixtures.emulator import LONG_RETENTION_S
 from tests.fixtures.prefect_server import PREFECT, PrefectServer, read_json
 from tests.pipeline.helpers import query
 
@@ -141,7 +142,9 @@ def test_a_night_is_shared_by_two_workers_within_every_window_of_the_limits(
     # 200 recordings, 3 counted calls each per provider (600): the provider allows 450 a
     # minute. Each worker on its own would allow itself 450 a minute too, so only the shared
     # count keeps the night (the planner and every batch process) under the provider's limit.
-    emu = make_emulator(time_scale=3600.0, valence_limits=limits(450), valsea_limits=limits(450))
+    emu = make_emulator(
+        time_scale=3600.0, retention_s=LONG_RETENTION_S, valence_limits=limits(450), valsea_limits=limits(450)
+    )
     samples = night(200, "night")
     upload_samples(s3_client, bucket, samples)
     env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset") | settings_env(450)
@@ -184,7 +187,9 @@ def test_without_the_shared_count_the_same_workers_go_over_the_minute_limit(
     tmp_path: Path,
 ) -> None:
     """The control: counted per process, the workers of one night exceed the provider's minute."""
-    emu = make_emulator(time_scale=3600.0, valence_limits=limits(150), valsea_limits=limits(150))
+    emu = make_emulator(
+        time_scale=3600.0, retention_s=LONG_RETENTION_S, valence_limits=limits(150), valsea_limits=limits(150)
+    )
     samples = night(100, "ctl")
     upload_samples(s3_client, bucket, samples)
     env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset") | settings_env(

@@ -60,7 +60,7 @@ def test_a_recording_whose_step_always_raises_fails_alone_and_the_run_says_so(
     assert reason is not None and "retries_exhausted" in reason and "connection reset" in reason
     assert {s for s, _ in final.values()} == {"completed"}
     assert sorted(tries) == ["valence"] * 3 + ["valsea"] * 3  # each call tried step_attempts times
-    result = state.result(raise_on_failure=False)
+    result = state.result(raise_on_failure=False).result
     assert result["failed"] == 1 and result["completed"] == 4
     # Only the good four were paid for.
     assert paid(emu)["valsea_job"] == 4
@@ -148,4 +148,4 @@ def test_valsea_out_of_credits_is_a_fact_of_the_run_not_of_the_process(
     assert "valsea_out_of_credits" in str(flags)
     reasons = [r for s, r in statuses(database_url).values() if s == "failed"]
     assert reasons and all("insufficient_credits" in (r or "") for r in reasons)
-    assert "insufficient credits" in state.result(raise_on_failure=False)["summary"]
+    assert "insufficient credits" in state.result(raise_on_failure=False).result["summary"]
