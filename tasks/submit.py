@@ -8,7 +8,6 @@ an upload the provider already has is never sent again.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -18,16 +17,14 @@ from prefect.runtime import flow_run
 from prefect.runtime import task_run as task_run_ctx
 
 from valence_client.errors import AuthenticationError, InsufficientCreditsError, ValenceSDKException
-from valence_pipeline.audio import WavStream
 from valence_pipeline.preflight import Preflight
 from valence_pipeline.runtime import Runtime, runtime
-from valence_pipeline.s3 import S3RangeReader
 from valence_pipeline.settings import Settings
+from valence_pipeline.sources import open_payload
 from valence_pipeline.work import JobHandle, Mode, Results, WorkItem
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 4 * 1024 * 1024
 SUBMIT_RETRIES = 2
 # Provider states that mean "the provider has the audio": never upload it again.
 VALENCE_HAS_AUDIO = {"upload_completed", "processing", "completed"}
@@ -53,22 +50,9 @@ def plan_work(verdict: Preflight, recording_id: int, settings: Settings) -> list
 
 
 def open_source(rt: Runtime, item: WorkItem) -> tuple[Any, int, str]:
-    """(readable stream, exact size, file name) of what this provider gets.
-
-    Valence wants mono 16-bit WAV: anything else is converted on the fly (`WavStream`). Valsea
-    takes the original container unless one channel of a split call is wanted. Either way the
-    bytes stream from S3; nothing is held whole or copied to disk.
-    """
-    obj, info = item.obj, item.info
-    name = os.path.basename(obj.key)
-    original = item.channel is None and (item.provider == "valsea" or info.is_pcm16_mono_wav)
-    if original:
-        body = rt.s3.get_object(**obj.get_kwargs())["Body"]
-        return body, obj.size, name
-    stream = WavStream(lambda: S3RangeReader(rt.s3, obj, window=STREAM_WINDOW), info, item.channel)
-    stem = os.path.splitext(name)[0]
-    suffix = f".ch{item.channel}" if item.channel is not None else ""
-    return stream, stream.size, f"{stem}{suffix}.wav"
+    """(readable stream, exact size, file name) of what this provider gets (see `sources`)."""
+    payload = open_payload(rt.s3, item.obj, item.info, item.provider, item.channel, rt.settings)
+    return payload.stream, payload.size, payload.name
 
 
 def _ids() -> dict[str, str | None]:

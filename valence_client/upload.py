@@ -1,18 +1,32 @@
 """Valence async upload, s3transfer-style: initiate → parts → complete, in bounded memory.
 
-Plan: `PartSizeAdjuster` picks the part size; `initiate` returns the request id and one
-presigned URL per part (the caller's `on_initiated` hook gets the request id at once, so it can
-be stored before any part goes up); parts are read lazily from the source and PUT in parallel;
-`complete` gets the ETags sorted by PartNumber.
+Plan: `plan_upload` picks the part size and the number of parts in flight (from a memory
+budget when one is given, else the SDK's `part_size` / `max_threads`), `PartSizeAdjuster`
+clamps the part size to the store's limits; `initiate` returns the request id and one presigned
+URL per part (the caller's `on_initiated` hook gets the request id at once, so it can be stored
+before any part goes up); parts are read lazily and PUT in parallel; `complete` gets the ETags
+sorted by PartNumber.
 
-Memory: a part's bytes are read only after a slot of the bounded executor is free (the
-semaphore is taken *before* reading), so at most `max_threads` parts are held by in-flight PUTs,
-plus at most one part being assembled by the reader:
+Two ways to read the parts:
 
-    peak part memory <= (max_threads + 1) * part_size      (3 threads, 5 MiB parts: 20 MiB)
+- **Ranged** sources (a local path, read with `os.pread`; anything with
+  `read_range(offset, length)`, such as the pipeline's `S3Stream`, where each part is its own
+  resumable ranged GET): every part is read *and* sent by its own worker, so reads overlap
+  with each other and with the PUTs, as in s3transfer.
+- **One-way** streams (an open pipe, a `StreamingBody`, a WAV converted on the fly): read front
+  to back, once, by the submitting thread, each part handed to a worker.
 
-whatever the file size. Sources are read front to back, once, so a local path, an open binary
-stream and a non-seekable S3 `StreamingBody` all work the same way.
+Memory is arithmetic. A part's bytes are read only after a slot of the bounded executor is free
+(the semaphore is taken *before* reading), so
+
+    ranged sources:    peak part memory <= threads * part_size
+    one-way streams:   peak part memory <= (threads + 1) * part_size   (+1: the part being read)
+
+plus one network chunk per reading thread, whatever the file size. With a budget `B`
+(`memory_budget=`, the pipeline's `upload_memory_mb`), `plan_upload` keeps
+`(threads + 1) * part_size <= B` (at least one 5 MiB part per thread: a budget under
+`2 * 5 MiB` still gets one thread and 5 MiB parts) and never plans more parts in flight than
+the file has: 64 MiB and a 1 GiB file give 7 threads of 8 MiB parts.
 
 Part PUTs go through the transport (so they get its retries and timeouts) but without the API
 key and outside the API's rate limiter: the URLs point at the object store. Presigned URLs are
@@ -94,6 +108,48 @@ class PartSizeAdjuster:
         return max(1, math.ceil(file_size / part_size))
 
 
+MAX_BUDGET_THREADS = 8
+"""Most parts in flight that a budget buys: past this, two cores gain nothing but contention."""
+
+
+def plan_upload(
+    file_size: int,
+    *,
+    memory_budget: int | None,
+    part_size: int,
+    max_threads: int,
+    adjuster: PartSizeAdjuster,
+) -> tuple[int, int]:
+    """(part_size, threads) for one upload; see the module docstring for the memory formula."""
+    if memory_budget is None:
+        size = adjuster.adjust(part_size, file_size)
+        return size, max_threads
+    threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // adjuster.min_size - 1))
+    size = max(adjuster.min_size, memory_budget // (threads + 1))
+    # A small file: no more threads than parts, and parts no bigger than needed to keep them busy.
+    size = min(size, max(adjuster.min_size, math.ceil(file_size / threads)))
+    size = adjuster.adjust(size, file_size)
+    threads = min(threads, adjuster.part_count(size, file_size))
+    return size, threads
+
+
+class RangeReadable(Protocol):
+    """A source whose parts can be read independently (and concurrently)."""
+
+    def read_range(self, offset: int, length: int, /) -> bytes | bytearray: ...
+
+
+class _LocalRanges:
+    """Parts of an open local file by `os.pread`: no shared file position, so threads can
+    read their parts at the same time."""
+
+    def __init__(self, fileno: int) -> None:
+        self._fd = fileno
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+
 @dataclass
 class UploadSource:
     """A readable, its exact size and the file name to announce."""
@@ -102,6 +158,8 @@ class UploadSource:
     size: int
     name: str
     owned: bool = False
+    ranges: RangeReadable | None = None
+    """Set when parts can be read independently (a local file, an S3 object)."""
 
     def close(self) -> None:
         if self.owned and isinstance(self.stream, io.IOBase):
@@ -128,7 +186,8 @@ def open_source(source: Any, *, size: int | None = None, file_name: str | None =
     if isinstance(source, str | os.PathLike):
         file_size = check_audio_file(source)
         name = file_name or os.path.basename(os.fspath(source))
-        return UploadSource(open(source, "rb"), file_size, name, owned=True)
+        stream = open(source, "rb")
+        return UploadSource(stream, file_size, name, owned=True, ranges=_LocalRanges(stream.fileno()))
     if not hasattr(source, "read"):
         raise InvalidInputError(f"cannot upload a {type(source).__name__}: pass a path or a binary stream")
     known = size if size is not None else _stream_size(source)
@@ -137,7 +196,8 @@ def open_source(source: Any, *, size: int | None = None, file_name: str | None =
     if known <= 0:
         raise InvalidInputError("the audio stream is empty")
     name = file_name or os.path.basename(str(getattr(source, "name", "") or "")) or "audio.wav"
-    return UploadSource(source, int(known), name)
+    ranges = source if callable(getattr(source, "read_range", None)) else None
+    return UploadSource(source, int(known), name, ranges=ranges)
 
 
 def _stream_size(stream: Any) -> int | None:
@@ -216,12 +276,14 @@ class MultipartUploader:
         adjuster: PartSizeAdjuster | None = None,
         etag_attempts: int = 3,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        memory_budget: int | None = None,
     ) -> None:
         if max_threads < 1:
             raise InvalidInputError("max_threads must be >= 1")
         self.transport = transport
         self.part_size = part_size
         self.max_threads = max_threads
+        self.memory_budget = memory_budget
         self.show_progress = show_progress
         self.adjuster = adjuster or PartSizeAdjuster()
         self.etag_attempts = max(1, etag_attempts)
@@ -244,13 +306,26 @@ class MultipartUploader:
         src = open_source(source, size=size, file_name=file_name)
         try:
             self._check_size(src.size)
-            part_size = self.adjuster.adjust(self.part_size, src.size)
+            part_size, threads = plan_upload(
+                src.size,
+                memory_budget=self.memory_budget,
+                part_size=self.part_size,
+                max_threads=self.max_threads,
+                adjuster=self.adjuster,
+            )
             count = self.adjuster.part_count(part_size, src.size)
             initiated = self._initiate(src.name, count)
-            logger.info("upload %s: %d bytes in %d parts", initiated.request_id, src.size, count)
+            logger.info(
+                "upload %s: %d bytes in %d parts, %d at a time%s",
+                initiated.request_id,
+                src.size,
+                count,
+                threads,
+                " (ranged reads)" if src.ranges is not None else "",
+            )
             if on_initiated is not None:
                 on_initiated(initiated.request_id)
-            parts = self._send_parts(src, initiated, part_size, progress)
+            parts = self._send_parts(src, initiated, part_size, threads, progress)
             self._complete(initiated, parts)
         finally:
             src.close()
@@ -297,9 +372,10 @@ class MultipartUploader:
         src: UploadSource,
         initiated: InitiateResponse,
         part_size: int,
+        threads: int,
         progress: ProgressCallback | None,
     ) -> list[CompletedPart]:
-        slots = threading.BoundedSemaphore(self.max_threads)
+        slots = threading.BoundedSemaphore(threads)
         failed = threading.Event()
         futures: list[Future[CompletedPart]] = []
         bar = tqdm(
@@ -315,35 +391,57 @@ class MultipartUploader:
             if progress is not None:
                 progress(count)
 
-        remaining = src.size
-        with bar, ThreadPoolExecutor(self.max_threads, thread_name_prefix="valence-part") as pool:
+        offset = 0
+        with bar, ThreadPoolExecutor(threads, thread_name_prefix="valence-part") as pool:
             for part in sorted(initiated.presigned_urls, key=lambda p: p.part_number):
+                length = min(part_size, src.size - offset)
                 slots.acquire()  # before reading: this is what bounds memory
                 if failed.is_set():
                     slots.release()
                     break
-                data = read_exactly(src.stream, min(part_size, remaining))
-                if len(data) != min(part_size, remaining):
-                    slots.release()
-                    failed.set()
-                    raise UploadError(
-                        f"source ended early at part {part.part_number}: expected {src.size} bytes",
-                        request_id=initiated.request_id,
-                        provider=self.transport.provider,
+                if src.ranges is not None:
+                    # The worker reads its own part: reads run in parallel, like the PUTs.
+                    future = pool.submit(
+                        self._read_and_put, src.ranges, offset, length, part, initiated.request_id
                     )
-                remaining -= len(data)
-                future = pool.submit(self._put_part, part, data, initiated.request_id)
-                future.add_done_callback(functools.partial(landed, count=len(data)))
+                else:
+                    data = read_exactly(src.stream, length)
+                    if len(data) != length:
+                        slots.release()
+                        failed.set()
+                        raise self._ended_early(part.part_number, src.size, initiated.request_id)
+                    future = pool.submit(self._put_part, part, data, initiated.request_id)
+                    del data  # the task holds the only reference; freed when its PUT is done
+                future.add_done_callback(functools.partial(landed, count=length))
                 futures.append(future)
-                del data  # the task holds the only reference; freed when its PUT is done
+                offset += length
         return self._collect(futures, initiated.request_id)
 
+    def _ended_early(self, part_number: int, size: int, request_id: str) -> UploadError:
+        return UploadError(
+            f"source ended early at part {part_number}: expected {size} bytes",
+            request_id=request_id,
+            provider=self.transport.provider,
+        )
+
+    def _read_and_put(
+        self, ranges: RangeReadable, offset: int, length: int, part: PresignedPart, request_id: str
+    ) -> CompletedPart:
+        data = ranges.read_range(offset, length)
+        if len(data) != length:
+            raise self._ended_early(part.part_number, offset + len(data), request_id)
+        return self._put_part(part, data, request_id)
+
     def _collect(self, futures: list[Future[CompletedPart]], request_id: str) -> list[CompletedPart]:
-        """Every part's (PartNumber, ETag), or the first part failure as an UploadError."""
+        """Every part's (PartNumber, ETag), or the first part failure: an UploadError for the
+        store, the source's own exception for a failed read (its owner knows what it means,
+        e.g. the pipeline's retryable `SourceReadError`)."""
         parts: list[CompletedPart] = []
         for future in futures:
             error = future.exception()
             if isinstance(error, UploadError):
+                raise error
+            if isinstance(error, Exception) and not isinstance(error, ValenceSDKException | OSError):
                 raise error
             if error is not None:
                 raise UploadError(
@@ -354,7 +452,7 @@ class MultipartUploader:
             parts.append(future.result())
         return parts
 
-    def _put_part(self, part: PresignedPart, data: bytes, request_id: str) -> CompletedPart:
+    def _put_part(self, part: PresignedPart, data: bytes | bytearray, request_id: str) -> CompletedPart:
         """One PUT (the transport retries failures), then the ETag check (retried here)."""
         md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
         for attempt in range(1, self.etag_attempts + 1):

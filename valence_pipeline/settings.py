@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     http_max_retries: int = 4
     upload_part_size: int = 5 * 1024 * 1024
     upload_threads: int = 3
+    upload_memory_mb: float = Field(
+        default=64.0,
+        description="Audio bytes one upload may hold; its part size and parts in flight follow "
+        "from this and the file size (valence_client.upload.plan_upload).",
+    )
     max_concurrent_files: int = 4
 
     # client-side rate limits (documented example limits; refreshed from /v1/rate-limit/status)
