@@ -10,23 +10,28 @@ sorted by PartNumber.
 Two ways to read the parts:
 
 - **Ranged** sources (a local path, read with `os.pread`; anything with
-  `read_range(offset, length)`, such as the pipeline's `S3Stream`, where each part is its own
-  resumable ranged GET): every part is read *and* sent by its own worker, so reads overlap
-  with each other and with the PUTs, as in s3transfer.
+  `iter_range(offset, length)`, such as the pipeline's `S3Stream`, where each part is its own
+  resumable, pinned ranged GET): every part is read by its own worker and streamed straight
+  into its PUT, chunk by chunk (the MD5 for the ETag check is computed on the way), so reads
+  overlap with each other and with the PUTs, as in s3transfer, and no part is ever held whole.
+  A PUT the transport retries reads its range again.
 - **One-way** streams (an open pipe, a `StreamingBody`, a WAV converted on the fly): read front
-  to back, once, by the submitting thread, each part handed to a worker.
+  to back, once, by the submitting thread, each part handed whole to a worker.
 
-Memory is arithmetic. A part's bytes are read only after a slot of the bounded executor is free
-(the semaphore is taken *before* reading), so
+Memory is arithmetic. A part is read only once a slot of the bounded executor is free (the
+semaphore is taken *before* reading), so
 
-    ranged sources:    peak part memory <= threads * part_size
+    ranged sources:    peak part memory <= threads * 2 * chunk      (chunk: 1 MiB local, 256 KiB S3)
     one-way streams:   peak part memory <= (threads + 1) * part_size   (+1: the part being read)
 
-plus one network chunk per reading thread, whatever the file size. With a budget `B`
-(`memory_budget=`, the pipeline's `upload_memory_mb`), `plan_upload` keeps
-`(threads + 1) * part_size <= B` (at least one 5 MiB part per thread: a budget under
-`2 * 5 MiB` still gets one thread and 5 MiB parts) and never plans more parts in flight than
-the file has: 64 MiB and a 1 GiB file give 7 threads of 8 MiB parts.
+whatever the file size. With a budget `B` (`memory_budget=`, the pipeline's
+`upload_memory_mb`), `plan_upload` picks, for one-way streams, `(threads + 1) * part_size <= B`
+(at least one 5 MiB part per thread: a budget under `2 * 5 MiB` still gets one thread and 5 MiB
+parts); for ranged sources, where the part size costs no memory, up to 8 threads
+(`B / RANGED_THREAD_MEMORY`) and parts of about a quarter of the file's share per thread
+(fewer requests, still enough parts to balance the threads), within 5 MiB..64 MiB. Never more
+threads than parts. 32 MiB and a 1 GiB file: ranged, 8 threads of 32 MiB parts; one-way,
+5 threads of 5.3 MiB parts.
 
 Part PUTs go through the transport (so they get its retries and timeouts) but without the API
 key and outside the API's rate limiter: the URLs point at the object store. Presigned URLs are
@@ -43,7 +48,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +115,10 @@ class PartSizeAdjuster:
 
 MAX_BUDGET_THREADS = 8
 """Most parts in flight that a budget buys: past this, two cores gain nothing but contention."""
+RANGED_THREAD_MEMORY = 2 * MiB
+"""What one streaming part costs, generously: its chunk in flight, the next one, socket buffers."""
+MAX_RANGED_PART = 64 * MiB
+LOCAL_CHUNK = 1 * MiB
 
 
 def plan_upload(
@@ -119,11 +128,17 @@ def plan_upload(
     part_size: int,
     max_threads: int,
     adjuster: PartSizeAdjuster,
+    ranged: bool = False,
 ) -> tuple[int, int]:
     """(part_size, threads) for one upload; see the module docstring for the memory formula."""
     if memory_budget is None:
         size = adjuster.adjust(part_size, file_size)
         return size, max_threads
+    if ranged:
+        threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // RANGED_THREAD_MEMORY))
+        size = min(MAX_RANGED_PART, max(adjuster.min_size, math.ceil(file_size / (threads * 4))))
+        size = adjuster.adjust(size, file_size)
+        return size, min(threads, adjuster.part_count(size, file_size))
     threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // adjuster.min_size - 1))
     size = max(adjuster.min_size, memory_budget // (threads + 1))
     # A small file: no more threads than parts, and parts no bigger than needed to keep them busy.
@@ -134,9 +149,9 @@ def plan_upload(
 
 
 class RangeReadable(Protocol):
-    """A source whose parts can be read independently (and concurrently)."""
+    """A source whose parts can be read independently (and concurrently), chunk by chunk."""
 
-    def read_range(self, offset: int, length: int, /) -> bytes | bytearray: ...
+    def iter_range(self, offset: int, length: int, /) -> Iterator[bytes]: ...
 
 
 class _LocalRanges:
@@ -146,8 +161,41 @@ class _LocalRanges:
     def __init__(self, fileno: int) -> None:
         self._fd = fileno
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+    def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self._fd, min(LOCAL_CHUNK, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+
+class _PartBody:
+    """One part streamed from a ranged source into its PUT. It has a length (so `requests`
+    sends a Content-Length, which presigned S3 PUTs require, instead of chunked encoding) and
+    is iterated once per attempt; the MD5 of what was sent is kept for the ETag check."""
+
+    def __init__(
+        self, ranges: RangeReadable, offset: int, length: int, ended_early: Callable[[int], Exception]
+    ) -> None:
+        self._ranges = ranges
+        self._ended_early = ended_early
+        self._offset = offset
+        self._length = length
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._ranges.iter_range(self._offset, self._length):
+            self.md5.update(chunk)
+            self.sent += len(chunk)
+            yield chunk
+        if self.sent != self._length:  # raised mid-request: the store never gets a short part
+            raise self._ended_early(self._offset + self.sent)
 
 
 @dataclass
@@ -196,7 +244,7 @@ def open_source(source: Any, *, size: int | None = None, file_name: str | None =
     if known <= 0:
         raise InvalidInputError("the audio stream is empty")
     name = file_name or os.path.basename(str(getattr(source, "name", "") or "")) or "audio.wav"
-    ranges = source if callable(getattr(source, "read_range", None)) else None
+    ranges = source if callable(getattr(source, "iter_range", None)) else None
     return UploadSource(source, int(known), name, ranges=ranges)
 
 
@@ -312,6 +360,7 @@ class MultipartUploader:
                 part_size=self.part_size,
                 max_threads=self.max_threads,
                 adjuster=self.adjuster,
+                ranged=src.ranges is not None,
             )
             count = self.adjuster.part_count(part_size, src.size)
             initiated = self._initiate(src.name, count)
@@ -400,9 +449,9 @@ class MultipartUploader:
                     slots.release()
                     break
                 if src.ranges is not None:
-                    # The worker reads its own part: reads run in parallel, like the PUTs.
+                    # The worker streams its own part: reads run in parallel, like the PUTs.
                     future = pool.submit(
-                        self._read_and_put, src.ranges, offset, length, part, initiated.request_id
+                        self._stream_part, src.ranges, offset, length, part, initiated.request_id
                     )
                 else:
                     data = read_exactly(src.stream, length)
@@ -424,13 +473,22 @@ class MultipartUploader:
             provider=self.transport.provider,
         )
 
-    def _read_and_put(
+    def _stream_part(
         self, ranges: RangeReadable, offset: int, length: int, part: PresignedPart, request_id: str
     ) -> CompletedPart:
-        data = ranges.read_range(offset, length)
-        if len(data) != length:
-            raise self._ended_early(part.part_number, offset + len(data), request_id)
-        return self._put_part(part, data, request_id)
+        bodies: list[_PartBody] = []
+
+        def ended_early(at: int) -> Exception:
+            return self._ended_early(part.part_number, at, request_id)
+
+        def body() -> _PartBody:  # a fresh read of the range for every attempt of the PUT
+            bodies.append(_PartBody(ranges, offset, length, ended_early))
+            return bodies[-1]
+
+        def md5_hex() -> str:
+            return bodies[-1].md5.hexdigest()
+
+        return self._put_part(part, body, request_id, md5_hex)
 
     def _collect(self, futures: list[Future[CompletedPart]], request_id: str) -> list[CompletedPart]:
         """Every part's (PartNumber, ETag), or the first part failure: an UploadError for the
@@ -452,9 +510,18 @@ class MultipartUploader:
             parts.append(future.result())
         return parts
 
-    def _put_part(self, part: PresignedPart, data: bytes | bytearray, request_id: str) -> CompletedPart:
-        """One PUT (the transport retries failures), then the ETag check (retried here)."""
-        md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    def _put_part(
+        self,
+        part: PresignedPart,
+        data: bytes | Callable[[], _PartBody],
+        request_id: str,
+        sent_md5: Callable[[], str] | None = None,
+    ) -> CompletedPart:
+        """One PUT (the transport retries failures), then the ETag check (retried here).
+
+        `data` is the part's bytes, or a factory of a streamed body for each attempt together
+        with `sent_md5`, which gives the MD5 of what the last attempt sent."""
+        fixed_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if isinstance(data, bytes) else ""
         for attempt in range(1, self.etag_attempts + 1):
             try:
                 response = self.transport.request(
@@ -470,6 +537,7 @@ class MultipartUploader:
                     provider=self.transport.provider,
                 ) from exc
             etag = response.headers.get("ETag", "")
+            md5_hex = sent_md5() if sent_md5 is not None else fixed_md5
             if etag and etag_matches(etag, md5_hex):
                 return CompletedPart(ETag=etag, PartNumber=part.part_number)
             logger.warning(

@@ -16,9 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-import numpy as np
-import soundfile as sf
-
 log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3"})
@@ -72,6 +69,8 @@ def probe(source: Readable) -> AudioInfo:
 
     A failed read of the source is raised as itself (retry later), never as a rejection.
     """
+    import soundfile as sf  # local: a process that only sends bytes as they are never loads the decoder
+
     try:
         with sf.SoundFile(source) as f:
             info = AudioInfo(
@@ -141,6 +140,9 @@ def pcm16_mono_blocks(
     read of the source raises before the block it touched is yielded, and before any padding:
     a read error is never turned into silence.
     """
+    import numpy as np  # local, like soundfile: only conversions need them
+    import soundfile as sf
+
     remaining = frames
     with opener() as raw:
         try:

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     upload_part_size: int = 5 * 1024 * 1024
     upload_threads: int = 3
     upload_memory_mb: float = Field(
-        default=64.0,
+        default=32.0,
         description="Audio bytes one upload may hold; its part size and parts in flight follow "
         "from this and the file size (valence_client.upload.plan_upload).",
     )

@@ -5,7 +5,7 @@ else (stereo, another codec, one channel of a split call) is converted on the fl
 (`WavStream`). Valsea takes the original container unless one channel of a split call is wanted.
 
 Byte-for-byte payloads are an `S3Stream`: a front-to-back reader for request bodies (Valsea) that
-also offers `read_range`, so the multipart uploader reads each part with its own resumable,
+also offers `iter_range`, so the multipart uploader reads each part with its own resumable,
 pinned ranged GET in parallel with the others. Converted payloads are read once, front to back,
 through a windowed `S3RangeReader`. Nothing is held whole or copied to disk, and a read that
 keeps failing raises `SourceReadError` instead of producing audio.

@@ -36,7 +36,7 @@ from valence_pipeline.s3 import (
 )
 from valence_pipeline.settings import Settings
 
-# Every connection is cut in these tests, a fifth of them before a whole chunk gets through:
+# Every connection is cut in these tests, some before a whole chunk (READ_CHUNK) gets through:
 # more attempts than the default so that a run of such cuts does not end a read by chance.
 FAST = ReadPolicy(attempts=8, backoff_s=0.01, max_backoff_s=0.05)
 GIVE_UP = ReadPolicy(attempts=2, backoff_s=0.01)
@@ -91,7 +91,7 @@ def test_reads_resume_through_mid_body_resets_byte_exact(
     body = stored(s3_client, plain_bucket, STEREO)
     s3 = client_via(seaweedfs, proxy)
     obj = head_version(s3, plain_bucket, STEREO.key)
-    proxy.reset_responses(probability=1.0, after_bytes=(16 * 1024, 300 * 1024))  # every connection
+    proxy.reset_responses(probability=1.0, after_bytes=(200 * 1024, 1024 * 1024))  # every connection
 
     assert bytes(read_range(s3, obj, 1000, 1_000_000, FAST)) == body[1000:1_001_000]
     assert sha256_of(s3, obj) == hashlib.sha256(body).hexdigest()
