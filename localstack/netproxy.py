@@ -13,9 +13,10 @@ parallel streams compete as on a real link) and half the round trip as propagati
 A reader thread takes bytes as fast as the link's bandwidth lets them through, and a writer
 thread delivers them once the delay has passed, so delay is pipelined, not a stop-and-wait.
 
-Faults: `reset_responses` picks, per new connection with the given probability, a number of
-bytes after which the server-to-client direction is cut with a TCP reset (RST), typically in
-the middle of a response body. `refuse_for` closes the listening port for a while (clients
+Faults: `reset_responses` picks, per request with the given probability (a request: the client
+writing again after an answer, on a new or a kept-alive connection), a number of bytes after
+which the server-to-client direction is cut with a TCP reset (RST), typically in the middle of
+a response body. `refuse_for` closes the listening port for a while (clients
 get "connection refused") and resets the connections that were open. The counters in
 `stats` say what was done.
 """
@@ -82,6 +83,7 @@ class _Connection:
         self.upstream = upstream
         self.cut = cut  # bytes to the client after which the connection is reset, if any
         self.sent_down = 0
+        self._drawn_at = 0  # sent_down when the cut was last drawn
         self.closed = threading.Event()
         self.threads: list[threading.Thread] = []
         self.queues: list[queue.Queue[tuple[float, bytes] | None]] = []
@@ -121,6 +123,11 @@ class _Connection:
                 data = src.recv(CHUNK)
                 if not data:
                     break
+                if not down and self.sent_down > self._drawn_at:
+                    # The client writes again after an answer: a new request on a kept-alive
+                    # connection, so each request gets its own draw.
+                    self._drawn_at = self.sent_down
+                    self.cut = self.proxy._draw_cut_locked(self.sent_down)
                 if pending is None:
                     if not self._deliver(dst, data, down):
                         return
@@ -240,6 +247,10 @@ class NetProxy:
             self._reset_after = after_bytes
             for conn in self._connections:
                 conn.cut = self._draw_cut(conn.sent_down)
+
+    def _draw_cut_locked(self, sent: int) -> int | None:
+        with self._lock:
+            return self._draw_cut(sent)
 
     def _draw_cut(self, sent: int) -> int | None:
         if self._reset_probability and self._rng.random() < self._reset_probability:

@@ -93,21 +93,39 @@ def list_latest_versions(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectVe
     """Latest, non-deleted version of every object under `prefix` (paginated).
 
     `ListObjectVersions` gives version ids in the listing itself (no HEAD per object) and works
-    on unversioned buckets too, where every version id is 'null'.
+    on unversioned buckets too, where every version id is 'null'. The ETag of a 'null' version
+    is taken from `ListObjectsV2` instead (one more listing of the prefix, only when such an
+    object turns up): it is what reads are pinned to (If-Match), and SeaweedFS's version listing
+    reports a per-chunk ETag for objects over 8 MB that its GETs do not match.
     """
+    current_etags: dict[str, str] | None = None
     paginator = s3.get_paginator("list_object_versions")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Versions", []):
             if not item.get("IsLatest", True):
                 continue
+            version_id = item.get("VersionId") or NULL_VERSION
+            etag = item["ETag"].strip('"')
+            if version_id == NULL_VERSION:
+                if current_etags is None:
+                    current_etags = _current_etags(s3, bucket, prefix)
+                etag = current_etags.get(item["Key"], etag)
             yield ObjectVersion(
                 bucket=bucket,
                 key=item["Key"],
-                version_id=item.get("VersionId") or NULL_VERSION,
-                etag=item["ETag"].strip('"'),
+                version_id=version_id,
+                etag=etag,
                 size=int(item["Size"]),
                 last_modified=item["LastModified"],
             )
+
+
+def _current_etags(s3: Any, bucket: str, prefix: str) -> dict[str, str]:
+    etags: dict[str, str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            etags[item["Key"]] = item["ETag"].strip('"')
+    return etags
 
 
 def head_version(s3: Any, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion:
