@@ -59,6 +59,12 @@ def register(sub: Any) -> None:
         "--s3-endpoint", default=None, help="S3 endpoint for async uploads (default: our own disk)"
     )
     p.add_argument("--s3-bucket", default="valence-emulator", help="bucket for S3-backed uploads")
+    p.add_argument(
+        "--s3-public-endpoint",
+        default=None,
+        help="endpoint that presigned part URLs point at, when clients reach the S3 another way "
+        "(e.g. through a WAN-shaping proxy); default: --s3-endpoint",
+    )
     p.add_argument("--log-level", default="INFO", help="log level on stderr (default INFO)")
     p.set_defaults(func=run)
 
@@ -91,6 +97,7 @@ def build_config(args: argparse.Namespace) -> Any:
         discrete_shape=args.discrete_shape,
         s3_endpoint=args.s3_endpoint,
         s3_bucket=args.s3_bucket,
+        s3_public_endpoint=args.s3_public_endpoint,
     )
 
 

@@ -60,6 +60,9 @@ class EmulatorConfig:
     s3_endpoint: str | None = None
     """With an endpoint, async uploads go to this S3 (real presigned URLs); else to our disk."""
     s3_bucket: str = "valence-emulator"
+    s3_public_endpoint: str | None = None
+    """Where presigned part URLs point (clients' route to the S3, e.g. a shaping proxy); the
+    emulator's own S3 calls keep `s3_endpoint`."""
     url_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     """HMAC key of our own presigned part URLs."""
 

@@ -52,6 +52,7 @@ class EmulatorProcess:
         discrete_shape: str | None = None,
         s3_endpoint: str | None = None,
         s3_bucket: str | None = None,
+        s3_public_endpoint: str | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         log_level: str = "INFO",
@@ -88,6 +89,7 @@ class EmulatorProcess:
             "--discrete-shape": discrete_shape,
             "--s3-endpoint": s3_endpoint,
             "--s3-bucket": s3_bucket,
+            "--s3-public-endpoint": s3_public_endpoint,
         }
         for flag, value in options.items():
             if value is not None:

@@ -160,7 +160,9 @@ class EmulatorState:
         self.local_parts = LocalParts(self.data_dir / "uploads")
         self.signer = PartSigner(config.url_secret, config.url_expiry_s)
         self.s3 = (
-            S3Parts(config.s3_endpoint, config.s3_bucket, config.url_expiry_s) if config.s3_endpoint else None
+            S3Parts(config.s3_endpoint, config.s3_bucket, config.url_expiry_s, config.s3_public_endpoint)
+            if config.s3_endpoint
+            else None
         )
 
         self._lock = threading.Lock()

@@ -110,28 +110,44 @@ class S3Parts:
     """Multipart uploads on a real S3 (SeaweedFS in tests). Credentials: the standard AWS
     environment variables / credential chain; the client is built on first use."""
 
-    def __init__(self, endpoint: str, bucket: str, expiry_s: float) -> None:
+    def __init__(
+        self, endpoint: str, bucket: str, expiry_s: float, public_endpoint: str | None = None
+    ) -> None:
         self.endpoint = endpoint
+        self.public_endpoint = public_endpoint
         self.bucket = bucket
         self.expiry_s = expiry_s
         self._client: Any = None
+        self._presigner: Any = None
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _make_client(endpoint: str) -> Any:
+        import boto3  # local: boto3 costs ~0.3 s to import; only S3 mode needs it
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    @property
+    def presigner(self) -> Any:
+        """Signs part URLs for the clients' route to the S3 (no request is made with it)."""
+        if self.public_endpoint is None:
+            return self.client
+        with self._lock:
+            if self._presigner is None:
+                self._presigner = self._make_client(self.public_endpoint)
+            return self._presigner
 
     @property
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import boto3  # local: boto3 costs ~0.3 s to import; only S3 mode needs it
-                from botocore.config import Config
-
-                client = boto3.client(
-                    "s3",
-                    endpoint_url=self.endpoint,
-                    region_name=os.environ.get("AWS_DEFAULT_REGION")
-                    or os.environ.get("AWS_REGION")
-                    or "us-east-1",
-                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-                )
+                client = self._make_client(self.endpoint)
                 try:
                     client.head_bucket(Bucket=self.bucket)
                 except client.exceptions.ClientError:
@@ -144,7 +160,7 @@ class S3Parts:
 
     def url(self, key: str, upload_id: str, part_number: int) -> str:
         return str(
-            self.client.generate_presigned_url(
+            self.presigner.generate_presigned_url(
                 "upload_part",
                 Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
                 ExpiresIn=int(self.expiry_s),

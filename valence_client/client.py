@@ -41,6 +41,7 @@ from valence_client.polling import Poll, PollPolicy, wait_for_job
 from valence_client.streaming import StreamingAPI
 from valence_client.transport import ProviderClient, RetryPolicy, Timeout, Transport, json_body
 from valence_client.upload import (
+    MAX_BUDGET_THREADS,
     MiB,
     MultipartUploader,
     PartSizeAdjuster,
@@ -384,6 +385,7 @@ class ValenceClient(ProviderClient):
         rng: random.Random | None = None,
         max_upload_mb: float = 1024.0,
         part_size_adjuster: PartSizeAdjuster | None = None,
+        memory_budget_mb: float | None = None,
     ) -> None:
         self._api_key = resolve_key(api_key, "VALENCE_API_KEY", PROVIDER)
         self.base_url = (base_url or os.environ.get("VALENCE_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -402,7 +404,7 @@ class ValenceClient(ProviderClient):
             retry=retry,
             sleep=sleep,
             rng=rng,
-            pool_size=max(10, max_threads + 2),
+            pool_size=max(10, max_threads + 2, MAX_BUDGET_THREADS + 2),
         )
         self.uploader = MultipartUploader(
             self.transport,
@@ -411,6 +413,7 @@ class ValenceClient(ProviderClient):
             show_progress=show_progress,
             adjuster=part_size_adjuster,
             max_upload_bytes=int(max_upload_mb * MiB),
+            memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * MiB),
         )
         self.discrete = DiscreteAPI(self.transport)
         self.asynch = AsyncAPI(
@@ -443,6 +446,7 @@ class ValenceClient(ProviderClient):
             "max_retries": settings.http_max_retries,
             "rate_limits": settings.valence_rate_limits,
             "max_upload_mb": settings.max_file_bytes / MiB,
+            "memory_budget_mb": settings.upload_memory_mb,
         }
         options.update(overrides)
         return cls(**options)

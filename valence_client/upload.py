@@ -1,18 +1,37 @@
 """Valence async upload, s3transfer-style: initiate → parts → complete, in bounded memory.
 
-Plan: `PartSizeAdjuster` picks the part size; `initiate` returns the request id and one
-presigned URL per part (the caller's `on_initiated` hook gets the request id at once, so it can
-be stored before any part goes up); parts are read lazily from the source and PUT in parallel;
-`complete` gets the ETags sorted by PartNumber.
+Plan: `plan_upload` picks the part size and the number of parts in flight (from a memory
+budget when one is given, else the SDK's `part_size` / `max_threads`), `PartSizeAdjuster`
+clamps the part size to the store's limits; `initiate` returns the request id and one presigned
+URL per part (the caller's `on_initiated` hook gets the request id at once, so it can be stored
+before any part goes up); parts are read lazily and PUT in parallel; `complete` gets the ETags
+sorted by PartNumber.
 
-Memory: a part's bytes are read only after a slot of the bounded executor is free (the
-semaphore is taken *before* reading), so at most `max_threads` parts are held by in-flight PUTs,
-plus at most one part being assembled by the reader:
+Two ways to read the parts:
 
-    peak part memory <= (max_threads + 1) * part_size      (3 threads, 5 MiB parts: 20 MiB)
+- **Ranged** sources (a local path, read with `os.pread`; anything with
+  `iter_range(offset, length)`, such as the pipeline's `S3Stream`, where each part is its own
+  resumable, pinned ranged GET): every part is read by its own worker and streamed straight
+  into its PUT, chunk by chunk (the MD5 for the ETag check is computed on the way), so reads
+  overlap with each other and with the PUTs, as in s3transfer, and no part is ever held whole.
+  A PUT the transport retries reads its range again.
+- **One-way** streams (an open pipe, a `StreamingBody`, a WAV converted on the fly): read front
+  to back, once, by the submitting thread, each part handed whole to a worker.
 
-whatever the file size. Sources are read front to back, once, so a local path, an open binary
-stream and a non-seekable S3 `StreamingBody` all work the same way.
+Memory is arithmetic. A part is read only once a slot of the bounded executor is free (the
+semaphore is taken *before* reading), so
+
+    ranged sources:    peak part memory <= threads * 2 * chunk      (chunk: 1 MiB local, 256 KiB S3)
+    one-way streams:   peak part memory <= (threads + 1) * part_size   (+1: the part being read)
+
+whatever the file size. With a budget `B` (`memory_budget=`, the pipeline's
+`upload_memory_mb`), `plan_upload` picks, for one-way streams, `(threads + 1) * part_size <= B`
+(at least one 5 MiB part per thread: a budget under `2 * 5 MiB` still gets one thread and 5 MiB
+parts); for ranged sources, where the part size costs no memory, up to 8 threads
+(`B / RANGED_THREAD_MEMORY`) and parts of about a quarter of the file's share per thread
+(fewer requests, still enough parts to balance the threads), within 5 MiB..64 MiB. Never more
+threads than parts. 32 MiB and a 1 GiB file: ranged, 8 threads of 32 MiB parts; one-way,
+5 threads of 5.3 MiB parts.
 
 Part PUTs go through the transport (so they get its retries and timeouts) but without the API
 key and outside the API's rate limiter: the URLs point at the object store. Presigned URLs are
@@ -29,7 +48,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +113,91 @@ class PartSizeAdjuster:
         return max(1, math.ceil(file_size / part_size))
 
 
+MAX_BUDGET_THREADS = 8
+"""Most parts in flight that a budget buys: past this, two cores gain nothing but contention."""
+RANGED_THREAD_MEMORY = 2 * MiB
+"""What one streaming part costs, generously: its chunk in flight, the next one, socket buffers."""
+MAX_RANGED_PART = 64 * MiB
+LOCAL_CHUNK = 1 * MiB
+
+
+def plan_upload(
+    file_size: int,
+    *,
+    memory_budget: int | None,
+    part_size: int,
+    max_threads: int,
+    adjuster: PartSizeAdjuster,
+    ranged: bool = False,
+) -> tuple[int, int]:
+    """(part_size, threads) for one upload; see the module docstring for the memory formula."""
+    if memory_budget is None:
+        size = adjuster.adjust(part_size, file_size)
+        return size, max_threads
+    if ranged:
+        threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // RANGED_THREAD_MEMORY))
+        size = min(MAX_RANGED_PART, max(adjuster.min_size, math.ceil(file_size / (threads * 4))))
+        size = adjuster.adjust(size, file_size)
+        return size, min(threads, adjuster.part_count(size, file_size))
+    threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // adjuster.min_size - 1))
+    size = max(adjuster.min_size, memory_budget // (threads + 1))
+    # A small file: no more threads than parts, and parts no bigger than needed to keep them busy.
+    size = min(size, max(adjuster.min_size, math.ceil(file_size / threads)))
+    size = adjuster.adjust(size, file_size)
+    threads = min(threads, adjuster.part_count(size, file_size))
+    return size, threads
+
+
+class RangeReadable(Protocol):
+    """A source whose parts can be read independently (and concurrently), chunk by chunk."""
+
+    def iter_range(self, offset: int, length: int, /) -> Iterator[bytes]: ...
+
+
+class _LocalRanges:
+    """Parts of an open local file by `os.pread`: no shared file position, so threads can
+    read their parts at the same time."""
+
+    def __init__(self, fileno: int) -> None:
+        self._fd = fileno
+
+    def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self._fd, min(LOCAL_CHUNK, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+
+class _PartBody:
+    """One part streamed from a ranged source into its PUT. It has a length (so `requests`
+    sends a Content-Length, which presigned S3 PUTs require, instead of chunked encoding) and
+    is iterated once per attempt; the MD5 of what was sent is kept for the ETag check."""
+
+    def __init__(
+        self, ranges: RangeReadable, offset: int, length: int, ended_early: Callable[[int], Exception]
+    ) -> None:
+        self._ranges = ranges
+        self._ended_early = ended_early
+        self._offset = offset
+        self._length = length
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._ranges.iter_range(self._offset, self._length):
+            self.md5.update(chunk)
+            self.sent += len(chunk)
+            yield chunk
+        if self.sent != self._length:  # raised mid-request: the store never gets a short part
+            raise self._ended_early(self._offset + self.sent)
+
+
 @dataclass
 class UploadSource:
     """A readable, its exact size and the file name to announce."""
@@ -102,6 +206,8 @@ class UploadSource:
     size: int
     name: str
     owned: bool = False
+    ranges: RangeReadable | None = None
+    """Set when parts can be read independently (a local file, an S3 object)."""
 
     def close(self) -> None:
         if self.owned and isinstance(self.stream, io.IOBase):
@@ -128,7 +234,8 @@ def open_source(source: Any, *, size: int | None = None, file_name: str | None =
     if isinstance(source, str | os.PathLike):
         file_size = check_audio_file(source)
         name = file_name or os.path.basename(os.fspath(source))
-        return UploadSource(open(source, "rb"), file_size, name, owned=True)
+        stream = open(source, "rb")
+        return UploadSource(stream, file_size, name, owned=True, ranges=_LocalRanges(stream.fileno()))
     if not hasattr(source, "read"):
         raise InvalidInputError(f"cannot upload a {type(source).__name__}: pass a path or a binary stream")
     known = size if size is not None else _stream_size(source)
@@ -137,7 +244,8 @@ def open_source(source: Any, *, size: int | None = None, file_name: str | None =
     if known <= 0:
         raise InvalidInputError("the audio stream is empty")
     name = file_name or os.path.basename(str(getattr(source, "name", "") or "")) or "audio.wav"
-    return UploadSource(source, int(known), name)
+    ranges = source if callable(getattr(source, "iter_range", None)) else None
+    return UploadSource(source, int(known), name, ranges=ranges)
 
 
 def _stream_size(stream: Any) -> int | None:
@@ -216,12 +324,14 @@ class MultipartUploader:
         adjuster: PartSizeAdjuster | None = None,
         etag_attempts: int = 3,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        memory_budget: int | None = None,
     ) -> None:
         if max_threads < 1:
             raise InvalidInputError("max_threads must be >= 1")
         self.transport = transport
         self.part_size = part_size
         self.max_threads = max_threads
+        self.memory_budget = memory_budget
         self.show_progress = show_progress
         self.adjuster = adjuster or PartSizeAdjuster()
         self.etag_attempts = max(1, etag_attempts)
@@ -244,13 +354,27 @@ class MultipartUploader:
         src = open_source(source, size=size, file_name=file_name)
         try:
             self._check_size(src.size)
-            part_size = self.adjuster.adjust(self.part_size, src.size)
+            part_size, threads = plan_upload(
+                src.size,
+                memory_budget=self.memory_budget,
+                part_size=self.part_size,
+                max_threads=self.max_threads,
+                adjuster=self.adjuster,
+                ranged=src.ranges is not None,
+            )
             count = self.adjuster.part_count(part_size, src.size)
             initiated = self._initiate(src.name, count)
-            logger.info("upload %s: %d bytes in %d parts", initiated.request_id, src.size, count)
+            logger.info(
+                "upload %s: %d bytes in %d parts, %d at a time%s",
+                initiated.request_id,
+                src.size,
+                count,
+                threads,
+                " (ranged reads)" if src.ranges is not None else "",
+            )
             if on_initiated is not None:
                 on_initiated(initiated.request_id)
-            parts = self._send_parts(src, initiated, part_size, progress)
+            parts = self._send_parts(src, initiated, part_size, threads, progress)
             self._complete(initiated, parts)
         finally:
             src.close()
@@ -297,9 +421,10 @@ class MultipartUploader:
         src: UploadSource,
         initiated: InitiateResponse,
         part_size: int,
+        threads: int,
         progress: ProgressCallback | None,
     ) -> list[CompletedPart]:
-        slots = threading.BoundedSemaphore(self.max_threads)
+        slots = threading.BoundedSemaphore(threads)
         failed = threading.Event()
         futures: list[Future[CompletedPart]] = []
         bar = tqdm(
@@ -315,35 +440,66 @@ class MultipartUploader:
             if progress is not None:
                 progress(count)
 
-        remaining = src.size
-        with bar, ThreadPoolExecutor(self.max_threads, thread_name_prefix="valence-part") as pool:
+        offset = 0
+        with bar, ThreadPoolExecutor(threads, thread_name_prefix="valence-part") as pool:
             for part in sorted(initiated.presigned_urls, key=lambda p: p.part_number):
+                length = min(part_size, src.size - offset)
                 slots.acquire()  # before reading: this is what bounds memory
                 if failed.is_set():
                     slots.release()
                     break
-                data = read_exactly(src.stream, min(part_size, remaining))
-                if len(data) != min(part_size, remaining):
-                    slots.release()
-                    failed.set()
-                    raise UploadError(
-                        f"source ended early at part {part.part_number}: expected {src.size} bytes",
-                        request_id=initiated.request_id,
-                        provider=self.transport.provider,
+                if src.ranges is not None:
+                    # The worker streams its own part: reads run in parallel, like the PUTs.
+                    future = pool.submit(
+                        self._stream_part, src.ranges, offset, length, part, initiated.request_id
                     )
-                remaining -= len(data)
-                future = pool.submit(self._put_part, part, data, initiated.request_id)
-                future.add_done_callback(functools.partial(landed, count=len(data)))
+                else:
+                    data = read_exactly(src.stream, length)
+                    if len(data) != length:
+                        slots.release()
+                        failed.set()
+                        raise self._ended_early(part.part_number, src.size, initiated.request_id)
+                    future = pool.submit(self._put_part, part, data, initiated.request_id)
+                    del data  # the task holds the only reference; freed when its PUT is done
+                future.add_done_callback(functools.partial(landed, count=length))
                 futures.append(future)
-                del data  # the task holds the only reference; freed when its PUT is done
+                offset += length
         return self._collect(futures, initiated.request_id)
 
+    def _ended_early(self, part_number: int, size: int, request_id: str) -> UploadError:
+        return UploadError(
+            f"source ended early at part {part_number}: expected {size} bytes",
+            request_id=request_id,
+            provider=self.transport.provider,
+        )
+
+    def _stream_part(
+        self, ranges: RangeReadable, offset: int, length: int, part: PresignedPart, request_id: str
+    ) -> CompletedPart:
+        bodies: list[_PartBody] = []
+
+        def ended_early(at: int) -> Exception:
+            return self._ended_early(part.part_number, at, request_id)
+
+        def body() -> _PartBody:  # a fresh read of the range for every attempt of the PUT
+            bodies.append(_PartBody(ranges, offset, length, ended_early))
+            return bodies[-1]
+
+        def md5_hex() -> str:
+            return bodies[-1].md5.hexdigest()
+
+        return self._put_part(part, body, request_id, md5_hex)
+
     def _collect(self, futures: list[Future[CompletedPart]], request_id: str) -> list[CompletedPart]:
-        """Every part's (PartNumber, ETag), or the first part failure as an UploadError."""
+        """Every part's (PartNumber, ETag), or the first part failure: an UploadError for the
+        store, the source's own exception for a failed read (its owner knows what it means,
+        e.g. the pipeline's retryable `SourceReadError`)."""
         parts: list[CompletedPart] = []
         for future in futures:
             error = future.exception()
             if isinstance(error, UploadError):
+                raise error
+            if isinstance(error, Exception) and not isinstance(error, ValenceSDKException | OSError):
                 raise error
             if error is not None:
                 raise UploadError(
@@ -354,9 +510,18 @@ class MultipartUploader:
             parts.append(future.result())
         return parts
 
-    def _put_part(self, part: PresignedPart, data: bytes, request_id: str) -> CompletedPart:
-        """One PUT (the transport retries failures), then the ETag check (retried here)."""
-        md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    def _put_part(
+        self,
+        part: PresignedPart,
+        data: bytes | Callable[[], _PartBody],
+        request_id: str,
+        sent_md5: Callable[[], str] | None = None,
+    ) -> CompletedPart:
+        """One PUT (the transport retries failures), then the ETag check (retried here).
+
+        `data` is the part's bytes, or a factory of a streamed body for each attempt together
+        with `sent_md5`, which gives the MD5 of what the last attempt sent."""
+        fixed_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if isinstance(data, bytes) else ""
         for attempt in range(1, self.etag_attempts + 1):
             try:
                 response = self.transport.request(
@@ -372,6 +537,7 @@ class MultipartUploader:
                     provider=self.transport.provider,
                 ) from exc
             etag = response.headers.get("ETag", "")
+            md5_hex = sent_md5() if sent_md5 is not None else fixed_md5
             if etag and etag_matches(etag, md5_hex):
                 return CompletedPart(ETag=etag, PartNumber=part.part_number)
             logger.warning(

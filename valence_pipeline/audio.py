@@ -16,9 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-import numpy as np
-import soundfile as sf
-
 log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3"})
@@ -59,8 +56,21 @@ class AudioRejected(Exception):
         self.detail = detail
 
 
+def raise_read_error(source: Any) -> None:
+    """Re-raise the error a source hit while the decoder read it (soundfile's read callback
+    swallows exceptions and reports an early end of file instead); see `S3RangeReader`."""
+    error = getattr(source, "error", None)
+    if isinstance(error, Exception):
+        raise error
+
+
 def probe(source: Readable) -> AudioInfo:
-    """Decode just the headers of `source` (seekable) and describe it; AudioRejected if unreadable."""
+    """Decode just the headers of `source` (seekable) and describe it; AudioRejected if unreadable.
+
+    A failed read of the source is raised as itself (retry later), never as a rejection.
+    """
+    import soundfile as sf  # local: a process that only sends bytes as they are never loads the decoder
+
     try:
         with sf.SoundFile(source) as f:
             info = AudioInfo(
@@ -71,9 +81,11 @@ def probe(source: Readable) -> AudioInfo:
                 frames=f.frames,
             )
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        raise_read_error(source)
         # libsndfile prefixes the message with the object's repr; keep only the reason.
         reason = str(exc).rsplit(": ", 1)[-1]
         raise AudioRejected("unreadable", f"not a decodable audio file ({reason})") from exc
+    raise_read_error(source)  # a header parsed from a short read describes the wrong file
     if info.format not in ACCEPTED_FORMATS:
         raise AudioRejected(
             "unsupported_format", f"{info.format}/{info.subtype} is not WAV, FLAC, OGG or MP3"
@@ -124,17 +136,29 @@ def pcm16_mono_blocks(
     """Exactly `frames` frames of int16 mono PCM: the downmix (`channel=None`) or one channel.
 
     Some decoders (MP3) report a frame count that differs slightly from what they decode;
-    the output is padded with silence or cut so the declared WAV size always holds.
+    the output is padded with silence or cut so the declared WAV size always holds. A failed
+    read of the source raises before the block it touched is yielded, and before any padding:
+    a read error is never turned into silence.
     """
+    import numpy as np  # local, like soundfile: only conversions need them
+    import soundfile as sf
+
     remaining = frames
-    with opener() as raw, sf.SoundFile(raw) as f:
-        for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
-            if remaining <= 0:
-                break
-            mono = block.mean(axis=1) if channel is None else block[:, channel]
-            mono = mono[:remaining]
-            remaining -= len(mono)
-            yield (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    with opener() as raw:
+        try:
+            with sf.SoundFile(raw) as f:
+                for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                    raise_read_error(raw)
+                    if remaining <= 0:
+                        break
+                    mono = block.mean(axis=1) if channel is None else block[:, channel]
+                    mono = mono[:remaining]
+                    remaining -= len(mono)
+                    yield (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        except (sf.LibsndfileError, RuntimeError):
+            raise_read_error(raw)
+            raise
+        raise_read_error(raw)
     while remaining > 0:
         pad = min(remaining, block_frames)
         remaining -= pad

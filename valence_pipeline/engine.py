@@ -44,6 +44,7 @@ from valence_client.errors import (
 from valence_client.models import EmotionSegment
 from valence_pipeline.preflight import run_preflight
 from valence_pipeline.runtime import Runtime
+from valence_pipeline.s3 import ObjectChangedError, SourceReadError
 from valence_pipeline.settings import Settings
 from valence_pipeline.sources import open_payload
 from valence_pipeline.work import DueJob, RecordingState, WorkItem, plan_work
@@ -98,8 +99,8 @@ class RunAborted(RuntimeError):
 
 def is_transient(exc: BaseException) -> bool:
     """Worth trying the same step again later (the transport already retried for seconds)."""
-    if isinstance(exc, ValenceSDKException):
-        return exc.retryable
+    if isinstance(exc, ValenceSDKException | SourceReadError):
+        return True if isinstance(exc, SourceReadError) else exc.retryable
     # S3 and network trouble outside our client, a database that went away for a moment.
     return isinstance(exc, OSError | ConnectionError | TimeoutError) or type(exc).__module__.startswith(
         ("botocore", "urllib3", "sqlalchemy", "psycopg")
@@ -293,10 +294,19 @@ class Engine:
             self._finalize(rid, items)
         except RunAborted:
             raise
+        except ObjectChangedError as exc:
+            self._supersede(rid, exc)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self._retry_recording(rid, f"{type(exc).__name__}: {exc}")
+
+    def _supersede(self, rid: int, exc: ObjectChangedError) -> None:
+        """The object was overwritten after it was listed: this version is gone (nothing of it
+        is sent); the new version is a recording of its own, found by the next listing."""
+        log.warning("recording %d: %s; superseded by the object's new version", rid, exc)
+        self.store.set_status(rid, "superseded", reason=f"the object changed after it was listed: {exc}")
+        self._let_go(rid)
 
     def _check(self, state: RecordingState) -> RecordingState | None:
         """Preflight, twins and budget; the state to plan from, or None if there is nothing to
@@ -386,6 +396,8 @@ class Engine:
                 "Valsea answered 402 (insufficient credits): no new Valsea jobs for the rest of this run",
             )
             self._call_failed(item, "insufficient_credits", str(exc))
+        except ObjectChangedError as exc:
+            self._supersede(item.recording_id, exc)
         except APIConnectionError as exc:
             if item.provider == "valsea" and exc.may_have_arrived and not self.settings.resend_unknown:
                 # Valsea's submit has no idempotency key: sending it again could pay twice.
@@ -451,7 +463,8 @@ class Engine:
         return self.clock() + expected_seconds(item.provider, item.info.duration_s, self.settings)
 
     def _submit(self, item: WorkItem, *, attempts: int = 1) -> None:
-        stream, size, name = open_payload(self.rt.s3, item)
+        payload = open_payload(self.rt.s3, item.obj, item.info, item.provider, item.channel)
+        stream, size, name = payload.stream, payload.size, payload.name
         try:
             if item.mode == "discrete":
                 result = self.rt.valence.discrete.emotions(file=stream, model=item.model)
@@ -509,9 +522,7 @@ class Engine:
                 log.info("%s: submitted as %s", item.label, job.job_id)
             self.wake.set()
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            payload.close()
 
     # --- the harvester --------------------------------------------------------------------
     def _harvest_loop(self) -> None:

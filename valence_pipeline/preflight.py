@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from valence_pipeline.audio import AudioInfo, AudioRejected, Route, check_limits, probe, route, wav_size
-from valence_pipeline.s3 import ObjectVersion, S3RangeReader
+from valence_pipeline.s3 import ObjectVersion, S3RangeReader, S3Stream
 from valence_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,21 @@ class Preflight:
 
 
 def sha256_of(s3: Any, obj: ObjectVersion) -> str:
-    """Hash the object version by streaming it (memory: one chunk)."""
+    """Hash the object version by streaming it (memory: one chunk); a broken body resumes
+    where it stopped, a read that keeps failing raises `SourceReadError`."""
     digest = hashlib.sha256()
-    body = s3.get_object(**obj.get_kwargs())["Body"]
-    for chunk in body.iter_chunks(HASH_CHUNK):
-        digest.update(chunk)
+    with S3Stream(s3, obj) as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
 def run_preflight(s3: Any, obj: ObjectVersion, settings: Settings) -> Preflight:
-    """Inspect `obj`; never raises for bad audio (that is a verdict, not an error)."""
+    """Inspect `obj`; never raises for bad audio (that is a verdict, not an error).
+
+    Raises `SourceReadError` when S3 keeps failing (retry later) and `ObjectChangedError`
+    when the object is no longer the version discovered (a new version): neither is a verdict.
+    """
     try:
         if obj.size == 0:
             raise AudioRejected("empty", "the object has no bytes")

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     shared_rate_limits: bool = Field(
         default=True, description="count provider calls in the results database, shared by every worker"
     )
+    upload_memory_mb: float = Field(
+        default=32.0,
+        description="Audio bytes one upload may hold; its part size and parts in flight follow "
+        "from this and the file size (valence_client.upload.plan_upload).",
+    )
 
     # client-side rate limits (documented example limits; refreshed from /v1/rate-limit/status)
     valence_rate_limits: dict[str, int] = Field(

@@ -6,6 +6,7 @@ import hashlib
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,120 @@ def test_adjusted_part_size_respects_every_limit(file_size: int, part_size: int)
 def test_too_big_for_any_part_size() -> None:
     with pytest.raises(InvalidInputError):
         PartSizeAdjuster().adjust(5 * MiB, 60 * 1024**4)
+
+
+class RangedSource:
+    """A source that offers `iter_range`: counts the parts being read at once."""
+
+    def __init__(self, data: bytes, store: FakeStore, fail_at: int | None = None) -> None:
+        self._data = data
+        self._store = store
+        self._fail_at = fail_at
+        self.size = len(data)
+        self.reads: list[int] = []
+        self.open = 0
+        self.max_open = 0
+        self._lock = threading.Lock()
+
+    def read(self, size: int = -1) -> bytes:
+        raise AssertionError("a ranged source must be read by ranges")
+
+    def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
+        if self._fail_at is not None and offset >= self._fail_at:
+            raise LookupError("the source's own read error")
+        with self._lock:
+            self.reads.append(offset)
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
+        try:
+            for at in range(offset, offset + length, 1000):  # small chunks, as from a socket
+                yield self._data[at : min(at + 1000, offset + length)]
+        finally:
+            with self._lock:
+                self.open -= 1
+
+
+def test_ranged_sources_are_read_part_by_part_in_parallel_within_the_bound(
+    stub: StubServer, sleeps: Sleeps
+) -> None:
+    store = FakeStore(stub, put_delay_s=0.02)
+    data = payload(30 * PART + 17)
+    source = RangedSource(data, store)
+    with make_valence(
+        stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=3
+    ) as c:
+        c.asynch.upload(source, file_name="ranged.wav")
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    assert sorted(source.reads) == [n * PART for n in range(31)]
+    assert source.max_open <= 3  # one range per part in flight, streamed into its PUT
+    assert store.max_in_flight <= 3
+
+
+def test_a_streamed_part_whose_put_fails_is_read_again(stub: StubServer, sleeps: Sleeps) -> None:
+    store = FakeStore(stub)
+    store.fail_parts[2] = [Reply(status=503), Reply(status=500)]
+    data = payload(5 * PART)
+    source = RangedSource(data, store)
+    with make_valence(
+        stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=2
+    ) as c:
+        c.asynch.upload(source, file_name="ranged.wav")
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    assert source.reads.count(PART) == 3  # part 2: once per attempt
+
+
+def test_a_ranged_source_shorter_than_declared_is_an_upload_error(
+    store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    source = RangedSource(payload(3 * PART), store)
+    source.size = 4 * PART
+    with pytest.raises(UploadError, match="ended early"):
+        uploader_client.asynch.upload(source, file_name="short.wav")
+    assert store.stub.calls("POST", r".*complete") == []
+
+
+def test_a_ranged_source_read_error_is_raised_as_itself_and_nothing_completes(
+    store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    source = RangedSource(payload(10 * PART), store, fail_at=4 * PART)
+    with pytest.raises(LookupError, match="own read error"):
+        uploader_client.asynch.upload(source, file_name="ranged.wav")
+    assert store.stub.calls("POST", r".*complete") == []
+
+
+def test_local_paths_are_read_by_ranges(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient
+) -> None:
+    data = payload(12 * PART + 3)
+    uploader_client.asynch.upload(write(tmp_path, data))
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+
+
+@given(
+    file_size=st.integers(min_value=1, max_value=2 * GiB),
+    budget_mib=st.integers(min_value=10, max_value=1024),
+)
+def test_a_memory_budget_plans_parts_within_it(file_size: int, budget_mib: int) -> None:
+    from valence_client.upload import plan_upload
+
+    adjuster = PartSizeAdjuster()
+    budget = budget_mib * MiB
+    part_size, threads = plan_upload(
+        file_size, memory_budget=budget, part_size=MIN_PART_SIZE, max_threads=3, adjuster=adjuster
+    )
+    assert threads >= 1 and part_size >= MIN_PART_SIZE
+    assert adjuster.part_count(part_size, file_size) <= MAX_PARTS
+    assert threads <= adjuster.part_count(part_size, file_size)
+    if adjuster.part_count(MIN_PART_SIZE * 2, file_size) < MAX_PARTS // 2:  # not forced up by the part limit
+        assert (threads + 1) * part_size <= budget
+    # A ranged source streams its parts: threads, not part size, are what the budget pays for.
+    part_size, threads = plan_upload(
+        file_size,
+        memory_budget=budget,
+        part_size=MIN_PART_SIZE,
+        max_threads=3,
+        adjuster=adjuster,
+        ranged=True,
+    )
+    assert 1 <= threads <= min(8, budget // (2 * MiB))
+    assert threads <= adjuster.part_count(part_size, file_size) <= MAX_PARTS

@@ -1,0 +1,344 @@
+"""Upload speed and memory: our client against the public SDK and boto3, on loopback and on a
+simulated WAN link.
+
+    .venv/bin/python bench/bench_upload.py                  # 256 MiB, median of 3
+    .venv/bin/python bench/bench_upload.py --size-mb 1024   # the issue's 1 GiB
+
+One run starts SeaweedFS and the provider emulator backed by it (real presigned S3 part URLs),
+writes one mono 16-bit PCM WAV (sent byte for byte: no conversion) to a local file and to a
+bucket, then uploads it four ways, each in a fresh child process that reports its own peak RSS
+(`ru_maxrss`; a shell forks each child so none inherits this process's accounting):
+
+- ours, from a local path: `ValenceClient(memory_budget_mb=64).asynch.upload(path)`;
+- ours, streamed from the S3 object (the pipeline's path): `sources.open_payload` (parts read
+  by parallel ranged GETs) into the same upload;
+- the public `valenceai` SDK, from the local path;
+- boto3 `upload_file` of the local path into the same store (the raw ceiling).
+
+"end to end" includes the emulator's `complete` step (it reads the whole object back to
+analyse it), "without complete" stops the clock when the last part has landed. Then the same
+again over a WAN link: a shaping proxy (`localstack.netproxy`: 40 ms round trip, a bandwidth
+cap) in front of the emulator's API and of the S3 the part URLs point at; the pipeline's
+source bucket stays local to it (a pipeline runs next to its bucket). Prints MB/s (10^6 B/s),
+peak RSS, and ratios against the SDK and boto3; the targets: streamed-from-S3 >= 0.95x the
+SDK end to end and on the WAN link, at <= 100 MiB peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+MiB = 1024 * 1024
+MEMORY_BUDGET_MB = 32
+TARGET_RATIO = 0.95
+TARGET_RSS_MIB = 100
+WAN_RTT_S = 0.040
+WAN_BANDWIDTH_BPS = 50e6  # 400 Mbit/s
+SOURCE_BUCKET = "bench-upload-source"
+TARGET_BUCKET = "bench-upload-boto3"
+KEY = "calls/mono-call.wav"
+
+ROWS = (
+    ("ours-path", "ours, from a local path"),
+    ("ours-s3", "ours, streamed from the S3 object"),
+    ("sdk-path", "public valenceai SDK, local path"),
+    ("boto3", "boto3 upload_file, same store"),
+)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _ours(source: Any, size: int | None = None, file_name: str | None = None) -> tuple[float, float]:
+    from valence_client import ValenceClient
+
+    client = ValenceClient(
+        api_key=os.environ["VALENCE_API_KEY"],
+        base_url=os.environ["VALENCE_API_BASE_URL"],
+        show_progress=False,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+    )
+    total = size if size is not None else os.path.getsize(source)
+    landed = {"bytes": 0, "at": 0.0}
+
+    def progress(n: int) -> None:
+        landed["bytes"] += n
+        if landed["bytes"] >= total:
+            landed["at"] = time.monotonic()
+
+    started = time.monotonic()
+    client.asynch.upload(source, size=size, file_name=file_name, progress=progress)
+    return time.monotonic() - started, landed["at"] - started
+
+
+def child_ours_path(path: str) -> tuple[float, float]:
+    return _ours(path)
+
+
+def child_ours_s3(path: str) -> tuple[float, float]:
+    """The pipeline's path: the object in the source bucket, as `submit` opens it."""
+    from valence_pipeline.audio import WAV_HEADER_BYTES, AudioInfo
+    from valence_pipeline.s3 import head_version, make_s3_client
+    from valence_pipeline.sources import open_payload
+
+    s3 = make_s3_client()
+    obj = head_version(s3, SOURCE_BUCKET, KEY)
+    # Preflight's verdict on the file `write_wav` made (the upload step gets it as an input).
+    frames = (obj.size - WAV_HEADER_BYTES) // 2
+    info = AudioInfo(format="WAV", subtype="PCM_16", samplerate=16000, channels=1, frames=frames)
+    payload = open_payload(s3, obj, info, "valence")
+    assert not payload.converted
+    try:
+        return _ours(payload.stream, size=payload.size, file_name=payload.name)
+    finally:
+        payload.close()
+
+
+def child_sdk_path(path: str) -> tuple[float, float]:
+    import requests
+    import valenceai.client
+    from valenceai import ValenceClient
+
+    client = ValenceClient(
+        api_key=os.environ["VALENCE_API_KEY"],
+        base_url=os.environ["VALENCE_API_BASE_URL"],
+        show_progress=False,
+    )
+    marks: dict[str, float] = {}
+    real_post = requests.post
+
+    def post(url: str, *args: Any, **kwargs: Any) -> Any:
+        if url.endswith("/complete"):
+            marks["complete"] = time.monotonic()
+        return real_post(url, *args, **kwargs)
+
+    valenceai.client.requests.post = post  # type: ignore[attr-defined]  # marks the end of the parts
+    started = time.monotonic()
+    client.asynch.upload(path)
+    return time.monotonic() - started, marks["complete"] - started
+
+
+def child_boto3(path: str) -> tuple[float, float]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["BENCH_TARGET_S3"])
+    started = time.monotonic()
+    s3.upload_file(path, TARGET_BUCKET, f"runs/{time.time_ns()}.wav")
+    seconds = time.monotonic() - started
+    return seconds, seconds
+
+
+CHILDREN = {
+    "ours-path": child_ours_path,
+    "ours-s3": child_ours_s3,
+    "sdk-path": child_sdk_path,
+    "boto3": child_boto3,
+}
+
+
+def run_child(mode: str, path: str) -> None:
+    seconds, upload_s = CHILDREN[mode](path)
+    print(json.dumps({"seconds": seconds, "upload_s": upload_s, "peak_mib": _peak_mib()}))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+@dataclass
+class Row:
+    mode: str
+    label: str
+    seconds: float
+    upload_s: float
+    peak_mib: float
+
+
+def measure(mode: str, path: Path, env: dict[str, str]) -> dict[str, float]:
+    done = subprocess.run(
+        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, __file__, "--child", mode, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
+    report: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def run_link(path: Path, env: dict[str, str], repeat: int, warmup: Path, modes: list[str]) -> list[Row]:
+    # The emulator creates its S3 client and bucket on the first upload: not part of any row.
+    measure("ours-path", warmup, env)
+    samples: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for _ in range(repeat):
+        for mode in modes:  # interleaved, so a slow moment hits every row alike
+            samples[mode].append(measure(mode, path, env))
+    return [
+        Row(
+            mode,
+            label,
+            statistics.median(s["seconds"] for s in samples[mode]),
+            statistics.median(s["upload_s"] for s in samples[mode]),
+            max(s["peak_mib"] for s in samples[mode]),
+        )
+        for mode, label in ROWS
+        if mode in samples
+    ]
+
+
+def print_table(title: str, rows: list[Row], size: int) -> None:
+    by_mode = {r.mode: r for r in rows}
+    if set(by_mode) != {mode for mode, _ in ROWS}:  # a partial run (--rows): figures only
+        for r in rows:
+            print(
+                f"{r.label:<36} e2e {size / r.seconds / 1e6:.1f} MB/s, parts {size / r.upload_s / 1e6:.1f} MB/s,"
+                f" {r.peak_mib:.0f} MiB"
+            )
+        return
+    sdk, boto = by_mode["sdk-path"], by_mode["boto3"]
+    print(f"\n{title}")
+    header = (
+        f"{'client':<36} {'MB/s e2e':>9} {'MB/s w/o complete':>18} {'peak RSS MiB':>13}"
+        f" {'vs SDK e2e':>11} {'vs SDK w/o':>11} {'vs boto3':>9}"
+    )
+    print(header)
+    for r in rows:
+        e2e, parts = size / r.seconds / 1e6, size / r.upload_s / 1e6
+        print(
+            f"{r.label:<36} {e2e:>9.1f} {parts:>18.1f} {r.peak_mib:>13.0f}"
+            f" {sdk.seconds / r.seconds:>10.2f}x {sdk.upload_s / r.upload_s:>10.2f}x"
+            f" {boto.upload_s / r.upload_s:>8.2f}x"
+        )
+    ours = by_mode["ours-s3"]
+    ok = sdk.seconds / ours.seconds >= TARGET_RATIO and ours.peak_mib <= TARGET_RSS_MIB
+    print(
+        f"target (streamed from S3 >= {TARGET_RATIO}x the SDK end to end, <= {TARGET_RSS_MIB} MiB):"
+        f" {'met' if ok else 'NOT met'}"
+    )
+
+
+def write_wav(path: Path, size: int) -> None:
+    from localstack.sample_data import write_large_wav
+
+    write_large_wav(path, size, samplerate=16000, channels=1)
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+@contextmanager
+def services(workdir: Path, path: Path) -> Iterator[dict[str, Any]]:
+    """SeaweedFS with the recording in a bucket, two emulators (local and behind the WAN) and
+    the two WAN proxies; everything is stopped on the way out."""
+    import boto3
+
+    from emulator.process import EmulatorProcess
+    from localstack.netproxy import NetProxy
+    from localstack.seaweedfs import SeaweedFS
+
+    with ExitStack() as stack:
+        sw = stack.enter_context(SeaweedFS(workdir / "seaweedfs"))
+        s3 = boto3.client("s3", **sw.boto3_kwargs())
+        for bucket in (SOURCE_BUCKET, TARGET_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        s3.upload_file(str(path), SOURCE_BUCKET, KEY)
+        env = {**os.environ, **sw.env()}
+        wan_s3 = stack.enter_context(
+            NetProxy(host_port(sw.endpoint_url), rtt_s=WAN_RTT_S, bandwidth_bps=WAN_BANDWIDTH_BPS)
+        )
+        local_emu = stack.enter_context(
+            EmulatorProcess(data_dir=workdir / "emu-local", s3_endpoint=sw.endpoint_url, env=sw.env())
+        )
+        wan_emu = stack.enter_context(
+            EmulatorProcess(
+                data_dir=workdir / "emu-wan",
+                s3_endpoint=sw.endpoint_url,
+                s3_public_endpoint=wan_s3.url,
+                env=sw.env(),
+            )
+        )
+        wan_api = stack.enter_context(
+            NetProxy(host_port(wan_emu.base_url), rtt_s=WAN_RTT_S, bandwidth_bps=WAN_BANDWIDTH_BPS)
+        )
+        yield {
+            "loopback": {
+                **env,
+                "VALENCE_API_KEY": local_emu.valence_key,
+                "VALENCE_API_BASE_URL": local_emu.base_url,
+                "BENCH_TARGET_S3": sw.endpoint_url,
+            },
+            "wan": {
+                **env,
+                "VALENCE_API_KEY": wan_emu.valence_key,
+                "VALENCE_API_BASE_URL": wan_api.url,
+                "BENCH_TARGET_S3": wan_s3.url,
+            },
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--size-mb", type=int, default=256, help="recording size in MiB (default 256)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; the median is shown (default 3)")
+    parser.add_argument("--no-wan", action="store_true", help="skip the simulated WAN link")
+    parser.add_argument(
+        "--rows", default=",".join(m for m, _ in ROWS), help="comma-separated subset of rows (for tuning)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(*args.child)
+        return 0
+    size = args.size_mb * MiB
+    modes = [m for m in args.rows.split(",") if m]
+    print(
+        f"recording: {size / MiB:,.0f} MiB mono PCM16 WAV; median of {args.repeat}; "
+        f"started {dt.datetime.now():%H:%M:%S}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
+        path = Path(tmp) / "call.wav"
+        write_wav(path, size)
+        size = path.stat().st_size
+        warmup = Path(tmp) / "warmup.wav"
+        write_wav(warmup, 6 * MiB)
+        with services(Path(tmp), path) as envs:
+            loopback = run_link(path, envs["loopback"], args.repeat, warmup, modes)
+            print_table("loopback", loopback, size)
+            if not args.no_wan:
+                wan = run_link(path, envs["wan"], args.repeat, warmup, modes)
+                print_table(
+                    f"WAN: {WAN_RTT_S * 1000:.0f} ms round trip, {WAN_BANDWIDTH_BPS * 8 / 1e6:.0f} Mbit/s",
+                    wan,
+                    size,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
