@@ -271,7 +271,27 @@ class PipelineStore:
             for chunk in _chunks(list(recording_ids), 500):
                 out += s.scalars(
                     sa.select(Recording.id).where(
-                        Recording.id.in_(chunk), Recording.status.not_in(_TERMINAL), free
+                        Recording.id.in_(chunk),
+                        # Submitted ones wait on the harvest, which any worker runs: no holder.
+                        Recording.status.not_in((*_TERMINAL, RecordingStatus.SUBMITTED)),
+                        free,
+                    )
+                ).all()
+        return out
+
+    def finishable(self, recording_ids: Sequence[int]) -> list[int]:
+        """Submitted recordings none of whose jobs waits any more: their last harvester died
+        before it could finish them."""
+        waiting = sa.exists().where(
+            ProviderJob.recording_id == Recording.id,
+            ProviderJob.status.in_((*WAITING_JOBS, JobStatus.UPLOADING)),
+        )
+        out: list[int] = []
+        with self.store.session_scope() as s:
+            for chunk in _chunks(list(recording_ids), 500):
+                out += s.scalars(
+                    sa.select(Recording.id).where(
+                        Recording.id.in_(chunk), Recording.status == RecordingStatus.SUBMITTED, ~waiting
                     )
                 ).all()
         return out
@@ -595,7 +615,8 @@ class PipelineStore:
 
     def finalize(self, recording_id: int, items: Sequence[WorkItem]) -> str | None:
         """Once every planned call is final: `stored` (all results in the database) or `failed`
-        with each failed call's reason. Returns the new status, or None if calls are pending.
+        with each failed call's reason; once every call is at the provider: `submitted`.
+        Returns the new status, or None if nothing changed.
         Safe to call from anywhere, any number of times (the last job's harvester, a sweep)."""
         with self.store.session_scope() as s:
             rec = s.get(Recording, recording_id)
@@ -611,10 +632,18 @@ class PipelineStore:
             for job in jobs:
                 newest[(job.provider.value, job.channel)] = job
             failures: list[str] = []
+            if any(newest.get(i.slot) is None or newest[i.slot].status not in JOB_FINAL for i in items):
+                # Every call at the provider: from here on the recording waits on the harvest.
+                sent = all(
+                    newest.get(i.slot) is not None and newest[i.slot].status != JobStatus.UPLOADING
+                    for i in items
+                )
+                if sent and rec.status != RecordingStatus.SUBMITTED:
+                    repo.set_recording_status(s, recording_id, RecordingStatus.SUBMITTED)
+                    return RecordingStatus.SUBMITTED.value
+                return None
             for item in items:
-                last = newest.get(item.slot)
-                if last is None or last.status not in JOB_FINAL:
-                    return None
+                last = newest[item.slot]
                 if last.status != JobStatus.COMPLETED:
                     label = item.provider + (f"/ch{item.channel}" if item.channel is not None else "")
                     failures.append(f"{label}: {last.error_code}: {last.error_message}")

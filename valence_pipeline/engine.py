@@ -132,6 +132,11 @@ class _Later:
         with self.lock:
             return len(self.heap)
 
+    def pending(self) -> set[int]:
+        """Recordings with something scheduled here."""
+        with self.lock:
+            return {p if isinstance(p, int) else p.recording_id for _, _, _, p in self.heap}
+
 
 class Engine:
     def __init__(self, rt: Runtime, scope: RunScope, *, clock: Callable[[], float] = time.time) -> None:
@@ -240,7 +245,9 @@ class Engine:
 
     def _watch(self, ids: list[int], sweep_only: bool, others_done: Callable[[], bool]) -> None:
         lease = self.settings.lease_s
-        last_renew = last_check = 0.0
+        started = self.clock()
+        last_renew = last_check = last_sweep = 0.0
+        idle_since: dict[int, float] = {}
         while not self.aborted:
             now = self.clock()
             for kind, payload in self.later.due(now):
@@ -262,16 +269,37 @@ class Engine:
                     for rid, status in statuses.items():
                         if status in DONE:
                             self.held.discard(rid)
+                    held_now = set(self.held)
                 pending = [r for r in ids if statuses.get(r) not in DONE and r not in self.deferred]
                 if not pending and not busy and not len(self.later):
                     return
-                idle = [r for r in pending if r not in busy]
+                waiting = self.later.pending()
+                idle = [r for r in pending if r not in busy and r not in waiting]
                 if idle:
-                    abandoned_only = sweep_only and not others_done()
+                    # Never-claimed work is the batches' until they have all ended, or until
+                    # they have had a fair while to start (a worker that died before starting
+                    # its batch leaves it scheduled for good).
+                    patience = max(3 * lease, 30.0)
+                    abandoned_only = sweep_only and not others_done() and now - started < patience
                     for rid in self.store.unclaimed(idle, self.scope.worker, abandoned_only=abandoned_only):
-                        if rid not in self.held:
-                            log.info("taking over recording %d (its worker stopped renewing its lease)", rid)
+                        if rid not in held_now:
+                            log.info("taking over recording %d (nobody is working on it)", rid)
                         self._queue_take_on(rid)
+                # A recording this worker holds, still being sent, with nothing queued for it for
+                # a lease's length: take it on again (idempotent: only what is missing is sent).
+                # Work lost to a bug heals itself.
+                sending = ("discovered", "accepted", "uploading")
+                for rid in [r for r in idle if r in held_now and statuses.get(r) in sending]:
+                    since = idle_since.setdefault(rid, now)
+                    if now - since >= lease:
+                        idle_since.pop(rid)
+                        self._queue_take_on(rid)
+                for rid in [r for r in idle_since if r not in idle]:
+                    idle_since.pop(rid)
+                if now - last_sweep >= 5.0:
+                    last_sweep = now
+                    for rid in self.store.finishable([r for r in idle if statuses.get(r) == "submitted"]):
+                        self._finalize(rid)
             time.sleep(0.05)
 
     # --- checks: take a recording on -------------------------------------------------------
@@ -623,6 +651,10 @@ class Engine:
             items = plan_work(state, self.settings)
         status = self.store.finalize(rid, items)
         if status is None:
+            return
+        if status == "submitted":
+            # Every call is at its provider: the harvest (any worker's) finishes it.
+            self._let_go(rid)
             return
         if status == "failed":
             log.error("%s failed", items[0].obj.uri)

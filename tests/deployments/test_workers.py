@@ -5,6 +5,7 @@ in every window, and a worker killed mid-night is finished by the others, paying
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -50,6 +51,34 @@ def settings_env(per_minute: int, **extra: str) -> dict[str, str]:
     }
 
 
+def _parents() -> dict[int, int]:
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            out[int(stat.parent.name)] = int(fields[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class Workers:
     """Process workers in their own process groups (so a kill takes their flow runs too)."""
 
@@ -68,18 +97,30 @@ class Workers:
         )
 
     def kill(self, name: str) -> None:
-        """SIGKILL the worker and every flow-run process it started."""
+        """SIGKILL the worker and every flow-run process it started (those run in sessions of
+        their own, so the worker's process group is not enough), as a machine that dies would."""
         proc = self.procs.pop(name)
+        doomed = [proc.pid, *descendants(proc.pid)]
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
+            if not [pid for pid in doomed if alive(pid)]:
                 return
             time.sleep(0.2)
         raise AssertionError(f"processes of worker {name} outlived the kill")
+
+    def running(self, name: str) -> set[str]:
+        """Flow runs whose process this worker started and that still run."""
+        out = set()
+        for pid in descendants(self.procs[name].pid):
+            with contextlib.suppress(OSError):
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                out |= {e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"PREFECT__FLOW_RUN_ID=")}
+        return out
 
     def ran(self, name: str) -> set[str]:
         """Flow run ids this worker submitted (from its log)."""
@@ -228,12 +269,12 @@ def test_a_worker_killed_mid_night_is_finished_by_the_others_paying_nothing_twic
         workers.start(name)
     try:
         run_id = start_night(deployed, f"s3://{bucket}/kill/")
-        # The worker that did not take the night's planner, once it is paying for a batch.
+        # A worker that is not running the night's planner, once it runs a batch that is paying.
         deadline = time.monotonic() + 240
         victim = None
         while time.monotonic() < deadline and victim is None:
-            planner = [n for n in ("w-a", "w-b") if run_id in workers.ran(n)]
-            others = [n for n in ("w-a", "w-b") if planner and n not in planner and workers.ran(n)]
+            running = {n: workers.running(n) for n in ("w-a", "w-b")}
+            others = [n for n, runs in running.items() if runs and run_id not in runs]
             if others and sum(Counter(e["kind"] for e in emu.ledger()["entries"]).values()) >= 10:
                 victim = others[0]
             time.sleep(0.3)
