@@ -52,9 +52,10 @@ class Settings(BaseSettings):
     )
 
     # --- pipeline (VALENCE_PIPELINE_*) ----------------------------------------------------
-    database_url: str = Field(
-        default=f"sqlite:///{DEFAULT_HOME / 'results.db'}",
-        description="SQLAlchemy URL of the results database (SQLite file by default).",
+    database_url: SecretStr = Field(
+        default=SecretStr(f"sqlite:///{DEFAULT_HOME / 'results.db'}"),
+        description="SQLAlchemy URL of the results database (SQLite file by default). Secret: "
+        "it can hold a password; read it with `.get_secret_value()`, print it with `safe_url`.",
     )
     output_uri: str = Field(
         default=str(DEFAULT_HOME / "parquet"),
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    def secrets(self) -> list[str]:
+        """Every configured secret value (keys, the database password), for the redaction list."""
+        values = [s.get_secret_value() for s in (self.valence_api_key, self.valsea_api_key) if s is not None]
+        password = database_password(self.database_url.get_secret_value())
+        return values + ([password] if password else [])
+
     def fingerprint(self) -> str:
         """Hash of the settings that change results (recorded per run for lineage); no secrets."""
         relevant = {
@@ -116,6 +123,28 @@ class Settings(BaseSettings):
             "max_file_bytes": self.max_file_bytes,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def database_password(url: str) -> str | None:
+    """The password inside a SQLAlchemy URL, if any (None for a URL that does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit to print: the password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable database URL>"
 
 
 @lru_cache(maxsize=1)
