@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     poll_max_interval_s: float = 60.0
     poll_deadline_s: float = 6 * 3600.0
 
+    # A run row still `running` this long after it started is a crashed run (its process died
+    # without a hook running); the next run closes it. Longer than any real run.
+    stale_run_after_s: float = 24 * 3600.0
+
     log_level: str = "INFO"
 
     def secrets(self) -> list[str]:
