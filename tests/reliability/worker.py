@@ -90,9 +90,14 @@ def flow_run_logs(flow_run_id: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+    messages: list[str] = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])))
-    return [log.message for log in logs]
+        while True:  # the server answers at most 200 per call
+            page = client.read_logs(wanted, limit=200, offset=len(messages))
+            messages.extend(log.message for log in page)
+            if len(page) < 200:
+                return messages
 
 
 def flow_run_state_message(flow_run_id: str) -> str:
