@@ -133,7 +133,11 @@ def test_database_restart_in_the_middle_of_a_run(
     log = (tmp_path / "child.log").open("wb")
     child = subprocess.Popen(
         [sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"],
-        env=child_flow_env(tmp_path / "prefect-child"),
+        # A loaded machine can take longer than Prefect's default 20 s to start its server.
+        env={
+            **child_flow_env(tmp_path / "prefect-child"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -151,7 +155,10 @@ def test_database_restart_in_the_middle_of_a_run(
             child.kill()
             child.wait()
         log.close()
-    assert restarted_mid_run, "the run ended before the restart: nothing was tested"
+    child_log = (tmp_path / "child.log").read_text(errors="replace")
+    assert restarted_mid_run, (
+        f"the run ended (exit {child.returncode}) before the restart:\n{child_log[-3000:]}"
+    )
     first = statuses(url)
     first_counts = {s: sum(1 for v, _ in first.values() if v == s) for s in {v for v, _ in first.values()}}
     assert completed_but_not_stored(url) == []
@@ -174,7 +181,6 @@ def test_database_restart_in_the_middle_of_a_run(
     total = paid(emu)
     assert total["valsea_job"] == len(SAMPLES)
     assert total["valence_async"] + total["valence_discrete"] == len(SAMPLES)
-    child_log = (tmp_path / "child.log").read_text(errors="replace")
     waits = child_log.count("database connection lost")
     task_retries = child_log.count("Retry ")
     print(
