@@ -58,13 +58,13 @@ def _url(args: argparse.Namespace) -> str:
         return str(args.database_url)
     from valence_pipeline.settings import get_settings
 
-    return get_settings().database_url
+    return get_settings().database_url.get_secret_value()
 
 
 def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from valence_pipeline.settings import safe_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return safe_url(url)
 
 
 def _upgrade(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ def _limits(args: argparse.Namespace) -> int:
     from valence_pipeline.limits import DatabaseLedger, describe
     from valence_pipeline.settings import get_settings
 
-    store = get_store(args.database_url or get_settings().database_url)
+    store = get_store(args.database_url or get_settings().database_url.get_secret_value())
     if args.action == "show":
         rows = describe(store)
         if not rows:

@@ -6,7 +6,7 @@ need no network and no keys. Its answers are deterministic functions of the audi
 crude pitch estimate per segment); they are NOT an emotion model and say nothing about how
 anyone feels.
 
-Run it: `valence-pipeline emulator --port 0 --valence-key K --valsea-key K2 --time-scale 60`
+Run it: `VALENCE_API_KEY=K VALSEA_API_KEY=K2 valence-pipeline emulator --port 0 --time-scale 60`
 prints one line, `emulator listening on http://127.0.0.1:PORT`, then serves until SIGTERM.
 From Python, `emulator.process.EmulatorProcess` does that in a child process.
 

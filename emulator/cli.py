@@ -1,8 +1,9 @@
 """`valence-pipeline emulator ...`: argparse only at import time (the server loads in the handler).
 
-Keys come from `--valence-key`/`--valsea-key` (repeatable) or, when absent, from the SDK's
-environment variables `VALENCE_API_KEY` / `VALSEA_API_KEY`. Without any Valsea key the Valsea
-API answers 503 ("service not configured"). Faults come from `--faults` or, when the flag is
+Keys come from the environment only (the SDK's `VALENCE_API_KEY` / `VALSEA_API_KEY`; several
+keys comma-separated), never from the command line, which every user of the machine can read
+(`ps`, /proc/PID/cmdline). Without any Valsea key the Valsea API answers 503 ("service not
+configured"). Faults come from `--faults` or, when the flag is
 absent, from `VALENCE_EMULATOR_FAULTS`.
 """
 
@@ -16,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 FAULTS_ENV = "VALENCE_EMULATOR_FAULTS"
+VALENCE_KEYS_ENV = "VALENCE_API_KEY"
+VALSEA_KEYS_ENV = "VALSEA_API_KEY"
+
+
+def keys_from_env(name: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
 
 
 def register(sub: Any) -> None:
@@ -23,12 +30,11 @@ def register(sub: Any) -> None:
         "emulator",
         help="run the local Valence + Valsea API emulator",
         description="Local emulator of the Valence emotion API and the Valsea prosody API "
-        "(deterministic stand-in predictions; not an emotion model).",
+        "(deterministic stand-in predictions; not an emotion model). Accepted keys come from "
+        f"{VALENCE_KEYS_ENV} and {VALSEA_KEYS_ENV} (comma-separated), never from the command line.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8787, help="port; 0 picks a free one (default 8787)")
-    p.add_argument("--valence-key", action="append", default=[], help="accepted x-api-key (repeatable)")
-    p.add_argument("--valsea-key", action="append", default=[], help="accepted Bearer key (repeatable)")
     p.add_argument(
         "--time-scale", type=float, default=1.0, help="emulated seconds per real second (default 1)"
     )
@@ -73,10 +79,12 @@ def build_config(args: argparse.Namespace) -> Any:
     from emulator.config import EmulatorConfig, parse_limits
     from emulator.faults import FaultSpec
 
-    valence_keys = tuple(args.valence_key) or tuple(k for k in [os.environ.get("VALENCE_API_KEY")] if k)
-    valsea_keys = tuple(args.valsea_key) or tuple(k for k in [os.environ.get("VALSEA_API_KEY")] if k)
+    valence_keys = keys_from_env(VALENCE_KEYS_ENV)
+    valsea_keys = keys_from_env(VALSEA_KEYS_ENV)
     if not valence_keys:
-        raise ValueError("no Valence key: pass --valence-key or set VALENCE_API_KEY")
+        raise ValueError(
+            f"no Valence key: set {VALENCE_KEYS_ENV} (keys are never taken from the command line)"
+        )
     faults = args.faults if args.faults is not None else os.environ.get(FAULTS_ENV, "")
     return EmulatorConfig(
         valence_keys=valence_keys,

@@ -7,7 +7,8 @@
 
 It runs `python -m commands.main emulator --port 0 ...`, reads the port from the one
 line the emulator prints on stdout, and sends the child's log (stderr) to a file (`log_path`).
-Keys are random unless given. Faults are always passed explicitly, so an inherited
+Keys are random unless given, and reach the child through its environment (`VALENCE_API_KEY`,
+`VALSEA_API_KEY`), never its command line. Faults are always passed explicitly, so an inherited
 `VALENCE_EMULATOR_FAULTS` never leaks into a child that was asked for none.
 """
 
@@ -65,16 +66,18 @@ class EmulatorProcess:
         self.time_scale = time_scale
         self.host = host
         self.startup_timeout_s = startup_timeout_s
-        self._env = {k: v for k, v in os.environ.items() if k != "VALENCE_EMULATOR_FAULTS"} | (env or {})
+        inherited = {"VALENCE_EMULATOR_FAULTS", "VALENCE_API_KEY", "VALSEA_API_KEY"}
+        keys = {"VALENCE_API_KEY": self.valence_key} | (
+            {"VALSEA_API_KEY": self.valsea_key} if self.valsea_key else {}
+        )
+        self._env = {k: v for k, v in os.environ.items() if k not in inherited} | (env or {}) | keys
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if log_path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="valence-emulator-log-")
             log_path = Path(self._tmp.name) / "emulator.log"
         self.log_path = log_path
 
-        args = ["--host", host, "--port", str(port), "--valence-key", self.valence_key]
-        if self.valsea_key:
-            args += ["--valsea-key", self.valsea_key]
+        args = ["--host", host, "--port", str(port)]
         args += ["--time-scale", repr(float(time_scale)), "--faults", faults, "--seed", str(seed)]
         args += ["--log-level", log_level]
         options: dict[str, Any] = {

@@ -20,6 +20,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
 from tasks.discover import discover, register, resolve
+from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import compact_dataset, export_dataset
 from tasks.process import process, sweep
 from tasks.report import build_summary, publish_report
@@ -31,6 +32,12 @@ from valence_pipeline.s3 import ObjectVersion
 log = logging.getLogger(__name__)
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# Every flow marks its `pipeline_runs` row when it ends badly (tasks/hooks.py).
+HOOKS: dict[str, Any] = {
+    "on_failed": [mark_run_failed],
+    "on_crashed": [mark_run_crashed],
+    "on_cancellation": [mark_run_crashed],
+}
 
 
 class FilesFailed(Exception):
@@ -144,7 +151,7 @@ def _sources(source: str | list[str]) -> list[str]:
     return [source] if isinstance(source, str) else list(source)
 
 
-@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"))
+@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"), **HOOKS)
 def nightly_ingest(
     source: str | list[str],
     since: datetime | None = None,
@@ -164,13 +171,13 @@ def nightly_ingest(
     return result
 
 
-@flow(name="process-recordings", flow_run_name=_upload_name)
+@flow(name="process-recordings", flow_run_name=_upload_name, **HOOKS)
 def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any] | State:
     """The given objects (an upload event names one; `s3://b/k?versionId=V` pins a version)."""
     return process_objects(resolve(uris), _upload_name(), trigger, None)
 
 
-@flow(name="process-batch")  # named by the night when it schedules the run (see `_work`)
+@flow(name="process-batch", **HOOKS)  # named by the night when it schedules the run (see `_work`)
 def process_batch(
     recording_ids: list[int], parent_run_id: str, resend_unknown: bool = False
 ) -> dict[str, Any] | State:
@@ -196,7 +203,7 @@ def process_batch(
     return counts
 
 
-@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"))
+@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), **HOOKS)
 def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     """Recordings that ended failed get another go; jobs that completed are not paid again, and
     a submit whose answer was lost is sent again (that is what an operator's retry is for)."""
@@ -205,7 +212,7 @@ def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     )
 
 
-@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"))
+@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), **HOOKS)
 def backfill(
     source: str | list[str], start: date, end: date, max_files: int | None = None
 ) -> dict[str, Any] | State:

@@ -91,7 +91,7 @@ def _run_nightly() -> dict[str, Any]:
     get_settings.cache_clear()
     reset_runtime()
     setup_logging("WARNING")
-    upgrade(get_settings().database_url)
+    upgrade(get_settings().database_url.get_secret_value())
     return run_to_result(nightly_ingest, source=f"s3://{BUCKET}/", trigger="manual")
 
 

@@ -6,6 +6,15 @@ scripts ship inside this package and the Alembic config is built here from the U
 
 Tasks get a `Store` (picklable: it travels as its URL and is rebuilt once per process) and open
 their own `session_scope()`; no live session ever crosses a task boundary.
+
+Connection loss (a PostgreSQL restart or fail-over) is handled in one place,
+`retry_on_connection_loss`: pooled connections are pinged before use (`pool_pre_ping`), a
+transaction that *starts* while the server is unreachable waits for it (capped, growing sleeps,
+at most `Store.reconnect_wait_s`, 60 s by default) instead of failing at once, and
+`Store.transaction(work)` re-runs a whole transaction that the loss interrupted (the server
+rolled it back). A transaction cut off by the loss inside a `session_scope` block fails: the
+block cannot be replayed from here; its task's retry (or the next run) does it again, and
+nothing of it was committed.
 """
 
 from __future__ import annotations
@@ -15,10 +24,11 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -180,6 +190,54 @@ def ensure_schema_current(engine: Engine) -> None:
     raise SchemaAheadError(current, head)
 
 
+# --------------------------------------------------------------------------- connection loss
+
+T = TypeVar("T")
+RECONNECT_WAIT_S = 60.0
+"""How long a transaction waits for an unreachable database before it fails."""
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """The database went away (refused, reset, shut down, restarting), not a failed statement.
+
+    SQLAlchemy flags a dropped connection (`connection_invalidated`); a refused new connection
+    is a driver OperationalError without an SQLSTATE, or class 08 (connection exception) / 57P
+    (operator intervention: admin shutdown, crash shutdown, cannot connect now).
+    """
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    if exc.orig is not None and type(exc.orig).__module__.startswith("sqlite3"):
+        return False  # "database is locked" and friends: the busy timeout already waited
+    return state is None or str(state).startswith(("08", "57P"))
+
+
+def retry_on_connection_loss(work: Callable[[], T], *, wait_s: float = RECONNECT_WAIT_S) -> T:
+    """`work()`, run again after a connection loss until `wait_s` has passed (module doc)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.25
+    attempt = 1
+    while True:
+        try:
+            return work()
+        except sa.exc.DBAPIError as exc:
+            if not is_connection_loss(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "database connection lost (%s); attempt %d in %.2f s",
+                type(exc.orig).__name__,
+                attempt + 1,
+                delay,
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+        attempt += 1
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -191,12 +249,15 @@ class Store:
     its own engine through `get_store`, so connection pools are never shared across processes.
     """
 
-    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+    def __init__(
+        self, url: str, *, check_schema: bool = True, reconnect_wait_s: float = RECONNECT_WAIT_S
+    ) -> None:
         self.url = url
+        self.reconnect_wait_s = reconnect_wait_s
         self.engine = create_engine_for(url)
         if check_schema:
             try:
-                ensure_schema_current(self.engine)
+                retry_on_connection_loss(lambda: ensure_schema_current(self.engine), wait_s=reconnect_wait_s)
             except BaseException:
                 self.engine.dispose()
                 raise
@@ -204,8 +265,10 @@ class Store:
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:
-        """One transaction: commits when the block ends, rolls back if it raises."""
-        session = self._sessions()
+        """One transaction: commits when the block ends, rolls back if it raises. Waits for a
+        database that is unreachable when the transaction starts (module doc)."""
+        connection = retry_on_connection_loss(self.engine.connect, wait_s=self.reconnect_wait_s)
+        session = self._sessions(bind=connection)
         try:
             yield session
             session.commit()
@@ -214,6 +277,18 @@ class Store:
             raise
         finally:
             session.close()
+            connection.close()
+
+    def transaction(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one transaction, re-run whole if a connection loss interrupts it
+        (the server rolled it back). Only for work that is safe to repeat, as the repository's
+        upserts on natural keys are: a loss while committing leaves the outcome unknown."""
+
+        def attempt() -> T:
+            with self.session_scope() as session:
+                return work(session)
+
+        return retry_on_connection_loss(attempt, wait_s=self.reconnect_wait_s)
 
     def dispose(self) -> None:
         self.engine.dispose()

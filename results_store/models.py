@@ -136,6 +136,8 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CRASHED = "crashed"
+    """The process died or its flow run ended without closing the row (hook or next run)."""
 
 
 class LineageKind(StrEnum):

@@ -629,6 +629,59 @@ def finish_run(
         raise LookupError(f"no pipeline run {flow_run_id}")
 
 
+def running_run_ids(session: Session) -> list[str]:
+    """Runs whose row still says `running` (live, or left behind by a process that died)."""
+    return list(
+        session.scalars(sa.select(PipelineRun.flow_run_id).where(PipelineRun.status == RunStatus.RUNNING))
+    )
+
+
+def end_running_run(
+    session: Session, flow_run_id: str, *, status: RunStatus, now: dt.datetime | None = None
+) -> bool:
+    """Close one run's row with `status` if it still says `running` (a state hook calls this; it
+    must never overwrite a run that closed itself). True when a row changed."""
+    result = session.execute(
+        sa.update(PipelineRun)
+        .where(PipelineRun.flow_run_id == flow_run_id, PipelineRun.status == RunStatus.RUNNING)
+        .values(status=status, ended_at=now or utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def close_stale_runs(
+    session: Session,
+    *,
+    started_before: dt.datetime,
+    final_flow_runs: Iterable[str] = (),
+    keep: Iterable[str] = (),
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Mark `crashed` the runs still `running` that started before `started_before` or whose
+    Prefect flow run is already final (`final_flow_runs`: the orchestrator knows the process is
+    gone). `keep` (the caller's own run) is never touched. Returns the ids closed, sorted.
+
+    A process killed outright (SIGKILL, OOM, a lost machine) runs no hook; this is how the
+    next run closes its row instead of leaving it `running` for ever.
+    """
+    stale = PipelineRun.started_at < started_before
+    final = list(final_flow_runs)
+    if final:
+        stale = sa.or_(stale, PipelineRun.flow_run_id.in_(final))
+    query = sa.select(PipelineRun.flow_run_id).where(PipelineRun.status == RunStatus.RUNNING, stale)
+    kept = list(keep)
+    if kept:
+        query = query.where(PipelineRun.flow_run_id.not_in(kept))
+    ids = sorted(session.scalars(query))
+    if ids:
+        session.execute(
+            sa.update(PipelineRun)
+            .where(PipelineRun.flow_run_id.in_(ids), PipelineRun.status == RunStatus.RUNNING)
+            .values(status=RunStatus.CRASHED, ended_at=now or utcnow())
+        )
+    return ids
+
+
 # --------------------------------------------------------------------------- lineage
 
 

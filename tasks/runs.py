@@ -7,13 +7,12 @@ import logging
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.hooks import close_stale_runs
 from valence_pipeline import __version__
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion
 
 log = logging.getLogger(__name__)
-
-STALE_RUN_S = 24 * 3600.0
 
 
 @task(
@@ -30,9 +29,7 @@ def open_run(
     rt = runtime()
     log.info("run %s (%s) starting", name, run_id)
     if parent_run_id is None:
-        closed = rt.store.close_stale_runs(STALE_RUN_S)
-        if closed:
-            log.warning("closed %d runs left 'running' by processes that died", closed)
+        close_stale_runs(run_id)  # rows of runs whose process was killed outright
     rt.store.start_run(
         run_id,
         trigger=trigger,

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.store",
     "tests.fixtures.prefect_server",
+    "tests.fixtures.reliability",
 ]

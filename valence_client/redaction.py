@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Any
 
 REDACTED = "[REDACTED]"
 
@@ -95,3 +96,27 @@ def install_redaction(logger: logging.Logger | None = None) -> None:
 
 
 _shared_filter = RedactingFilter()
+_factory_installed = False
+
+
+def install_record_redaction() -> None:
+    """Redact every log record of this process when it is created (idempotent).
+
+    Handler filters only cover the handlers that exist when they are installed; a process whose
+    logging is configured by someone else (Prefect's engine in a worker-run flow process, a
+    `dictConfig` that replaces handlers later) would otherwise pass records through unfiltered.
+    A record factory sees every record of every logger before any handler does.
+    """
+    global _factory_installed
+    with _lock:
+        if _factory_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _shared_filter.filter(record)
+            return record
+
+        logging.setLogRecordFactory(redacting_factory)
+        _factory_installed = True

@@ -24,6 +24,10 @@ backoff, capped, jittered into the upper half and floored at the initial delay (
 `jitter` are separate methods; sleep, wall clock and RNG are injectable).
 
 POSTs carry one `Idempotency-Key` minted before the loop, so every attempt of one call shares it.
+
+Redirects are refused, never followed: `requests` re-sends custom headers (our `x-api-key`) to
+whatever host a `Location` names, so one compromised or misconfigured endpoint could collect the
+key. A 3xx answer is a non-retryable `InvalidRequestError` naming only the target's origin.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
@@ -44,6 +49,7 @@ from valence_client._headers import retry_after
 from valence_client._logging import get_logger, protect_http_loggers
 from valence_client.errors import (
     APIConnectionError,
+    InvalidRequestError,
     RateLimitError,
     ServerError,
     ValenceSDKException,
@@ -306,7 +312,13 @@ class Transport:
         )
         try:
             response = self.session.request(
-                call.method, call.url, headers=headers, data=data, timeout=call.timeout, **call.kwargs
+                call.method,
+                call.url,
+                headers=headers,
+                data=data,
+                timeout=call.timeout,
+                allow_redirects=False,  # module doc: a redirect would carry the key elsewhere
+                **call.kwargs,
             )
         except requests.RequestException as exc:
             self.stats.add(connection_errors=1)
@@ -328,9 +340,26 @@ class Transport:
             time.monotonic() - started,
         )
         self._inform_limiter(call, response)
+        if 300 <= response.status_code < 400:
+            return self._refused_redirect(call, response), False
         if response.ok:
             return response
         return self._error_for(call, response), False
+
+    def _refused_redirect(self, call: _Call, response: requests.Response) -> ValenceSDKException:
+        # Only the origin of the target: a Location may itself be a presigned URL.
+        target = urlsplit(response.headers.get("Location", ""))
+        origin = f"{target.scheme}://{target.netloc}" if target.netloc else "the same host"
+        return InvalidRequestError(
+            f"{self.provider}: {call.method} {redact_url(call.url)} answered {response.status_code} "
+            f"redirecting to {origin}; redirects are refused so credentials never follow them "
+            "(check the configured base URL)",
+            status=response.status_code,
+            provider=self.provider,
+            request_id=call.request_id,
+            job_id=call.job_id,
+            retryable=False,
+        )
 
     def _inform_limiter(self, call: _Call, response: requests.Response) -> None:
         if not call.rate_limited or self.limiter is None:

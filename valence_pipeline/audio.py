@@ -80,6 +80,12 @@ def probe(source: Readable) -> AudioInfo:
                 channels=f.channels,
                 frames=f.frames,
             )
+            if info.frames > 0 and info.samplerate > 0 and not _has_audio_at_the_end(f, info):
+                raise_read_error(source)  # a read that failed is not a truncated file
+                raise AudioRejected(
+                    "truncated",
+                    f"the header claims {info.duration_s:.1f} s of audio but the data ends before that",
+                )
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         raise_read_error(source)
         # libsndfile prefixes the message with the object's repr; keep only the reason.
@@ -93,6 +99,57 @@ def probe(source: Readable) -> AudioInfo:
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioRejected("unreadable", "no audio frames")
     return info
+
+
+def _has_audio_at_the_end(f: Any, info: AudioInfo) -> bool:
+    """Whether the last second the header claims can be decoded.
+
+    Compressed headers (FLAC's STREAMINFO, MP3's Xing frame) state a length the data need not
+    have: a 5 s FLAC claiming 10 hours would be converted into 10 hours of padded silence,
+    uploaded and billed. Seeking to the claimed end costs a few ranged reads; PCM WAV never
+    fails it (libsndfile clamps its frame count to the file's length).
+    """
+    import soundfile as sf
+
+    try:
+        f.seek(max(0, info.frames - info.samplerate))
+        return len(f.read(info.samplerate, dtype="float32")) > 0
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+
+
+COMPRESSED_FORMATS = frozenset({"FLAC", "OGG", "MP3"})
+
+
+def verify_decodes(source: Readable, info: AudioInfo) -> None:
+    """Decode a compressed recording end to end; AudioRejected if it cannot be.
+
+    A FLAC, OGG or MP3 stream can be corrupt past its headers (a decoder that loses sync
+    halfway): found here, it is a rejection before any money is spent; found while converting,
+    it would fail an upload already under way, on every retry. PCM WAV needs no such pass: its
+    samples decode whatever their bytes, and a short file is clamped, not failed.
+    """
+    if info.format not in COMPRESSED_FORMATS:
+        return
+    import soundfile as sf
+
+    decoded = 0
+    try:
+        with sf.SoundFile(source) as f:
+            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+                decoded += len(block)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise_read_error(source)  # a read that failed is not a corrupt stream
+        reason = str(exc).rsplit(": ", 1)[-1]
+        raise AudioRejected(
+            "undecodable", f"decoding failed after {decoded / info.samplerate:.1f} s ({reason})"
+        ) from exc
+    raise_read_error(source)
+    if decoded < info.frames - info.samplerate:  # decoders may miscount by a fraction of a second
+        raise AudioRejected(
+            "truncated",
+            f"the header claims {info.duration_s:.1f} s but only {decoded / info.samplerate:.1f} s decode",
+        )
 
 
 def check_limits(info: AudioInfo, size: int, *, min_duration_s: float, max_bytes: int) -> None:
@@ -154,6 +211,8 @@ def pcm16_mono_blocks(
                     mono = block.mean(axis=1) if channel is None else block[:, channel]
                     mono = mono[:remaining]
                     remaining -= len(mono)
+                    # NaN/inf samples (float WAVs can hold them) have no int16 value: silence, full scale.
+                    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
                     yield (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         except (sf.LibsndfileError, RuntimeError):
             raise_read_error(raw)

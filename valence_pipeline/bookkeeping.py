@@ -180,22 +180,6 @@ class PipelineStore:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def close_stale_runs(self, older_than_s: float) -> int:
-        """Runs still `running` long after they could be (their process died): closed as failed
-        with a note, so `pipeline_runs` never shows a dead run as going."""
-        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
-        with self.store.session_scope() as s:
-            rows = s.scalars(
-                sa.select(PipelineRun).where(
-                    PipelineRun.status == RunStatus.RUNNING, PipelineRun.started_at < cutoff
-                )
-            ).all()
-            for row in rows:
-                row.status = RunStatus.FAILED
-                row.ended_at = utcnow()
-                row.counts = {**(row.counts or {}), "stale": 1}
-            return len(rows)
-
     # --- recordings: discovery and claims -------------------------------------------------
     def register(self, objects: Sequence[ObjectVersion], run_id: str) -> list[int]:
         """Record listed object versions (one bulk upsert) and take the unfinished ones on for

@@ -1,7 +1,8 @@
 """Check one object version before any money is spent on it (no Prefect here).
 
 Cheap checks first: size from the listing, then the audio headers through a few ranged
-reads, and only for audio that passes, one streamed read to hash the content (SHA-256 is what
+reads (and, for compressed formats, one decoding pass: corrupt data past the headers is a
+rejection now, not a failed upload later), and only for audio that passes, one streamed read to hash the content (SHA-256 is what
 lets the same recording under another key reuse results instead of paying again).
 """
 
@@ -12,7 +13,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from valence_pipeline.audio import AudioInfo, AudioRejected, Route, check_limits, probe, route, wav_size
+from valence_pipeline.audio import (
+    AudioInfo,
+    AudioRejected,
+    Route,
+    check_limits,
+    probe,
+    route,
+    verify_decodes,
+    wav_size,
+)
 from valence_pipeline.s3 import ObjectVersion, S3RangeReader, S3Stream
 from valence_pipeline.settings import Settings
 
@@ -68,6 +78,7 @@ def run_preflight(s3: Any, obj: ObjectVersion, settings: Settings) -> Preflight:
         check_limits(
             info, obj.size, min_duration_s=settings.min_duration_s, max_bytes=settings.max_file_bytes
         )
+        verify_decodes(S3RangeReader(s3, obj, window=1024 * 1024), info)
     except AudioRejected as rejected:
         log.info("rejected %s: %s", obj.uri, rejected)
         return Preflight(obj=obj, reject_code=rejected.code, reject_detail=rejected.detail)

@@ -60,7 +60,7 @@ class Runtime:
         from valence_pipeline.bookkeeping import PipelineStore
 
         use_system_arrow_allocator()
-        return PipelineStore(self.settings.database_url)
+        return PipelineStore(self.settings.database_url.get_secret_value())
 
     @cached_property
     def s3(self) -> Any:

@@ -52,9 +52,10 @@ class Settings(BaseSettings):
     )
 
     # --- pipeline (VALENCE_PIPELINE_*) ----------------------------------------------------
-    database_url: str = Field(
-        default=f"sqlite:///{DEFAULT_HOME / 'results.db'}",
-        description="SQLAlchemy URL of the results database (SQLite file by default).",
+    database_url: SecretStr = Field(
+        default=SecretStr(f"sqlite:///{DEFAULT_HOME / 'results.db'}"),
+        description="SQLAlchemy URL of the results database (SQLite file by default). Secret: "
+        "it can hold a password; read it with `.get_secret_value()`, print it with `safe_url`.",
     )
     output_uri: str = Field(
         default=str(DEFAULT_HOME / "parquet"),
@@ -126,7 +127,17 @@ class Settings(BaseSettings):
     poll_max_interval_s: float = 60.0
     poll_deadline_s: float = 6 * 3600.0
 
+    # A run row still `running` this long after it started is a crashed run (its process died
+    # without a hook running); the next run closes it. Longer than any real run.
+    stale_run_after_s: float = 24 * 3600.0
+
     log_level: str = "INFO"
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (keys, the database password), for the redaction list."""
+        values = [s.get_secret_value() for s in (self.valence_api_key, self.valsea_api_key) if s is not None]
+        password = database_password(self.database_url.get_secret_value())
+        return values + ([password] if password else [])
 
     def fingerprint(self) -> str:
         """Hash of the settings that change results (recorded per run for lineage); no secrets."""
@@ -143,6 +154,28 @@ class Settings(BaseSettings):
             "max_file_bytes": self.max_file_bytes,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def database_password(url: str) -> str | None:
+    """The password inside a SQLAlchemy URL, if any (None for a URL that does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit to print: the password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable database URL>"
 
 
 @lru_cache(maxsize=1)

@@ -135,12 +135,17 @@ def test_cli_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VALENCE_EMULATOR_FAULTS", "5xx=0.5")
     with pytest.raises(ValueError, match="no Valence key"):
         build_config(_args())
-    config = build_config(_args("--valence-key", "a", "--valence-key", "b", "--valence-limits", "1,2,3,4"))
+    with pytest.raises(SystemExit):  # keys are not accepted on the command line at all
+        _args("--valence-key", "a")
+    monkeypatch.setenv("VALENCE_API_KEY", "a, b")
+    config = build_config(_args("--valence-limits", "1,2,3,4"))
     assert config.valence_keys == ("a", "b") and config.valsea_keys == ()
     assert config.valence_limits == (1, 2, 3, 4)
     assert config.faults.p_5xx == 0.5  # from the environment
-    assert build_config(_args("--valence-key", "a", "--faults", "")).faults == FaultSpec()
+    assert build_config(_args("--faults", "")).faults == FaultSpec()
     monkeypatch.setenv("VALENCE_API_KEY", "from-env")
+    monkeypatch.setenv("VALSEA_API_KEY", "vs-env")
     assert build_config(_args()).valence_keys == ("from-env",)
+    assert build_config(_args()).valsea_keys == ("vs-env",)
     with pytest.raises(ValueError):
-        build_config(_args("--valence-key", "a", "--valence-limits", "1,2,3"))
+        build_config(_args("--valence-limits", "1,2,3"))

@@ -258,11 +258,11 @@ def test_nightly_run_through_s3_faults_is_byte_exact_or_retryable(
     outage = threading.Timer(1.5, proxy.refuse_for, args=(1.0,))
     outage.start()
     try:
-        from flows.ingest import nightly_ingest
+        from flows.ingest import nightly_ingest, run_to_result
         from valence_pipeline.runtime import reset_runtime
 
         reset_runtime()
-        nightly_ingest(source=f"s3://{plain_bucket}/in/", trigger="manual")
+        run_to_result(nightly_ingest, source=f"s3://{plain_bucket}/in/", trigger="manual")
     finally:
         outage.cancel()
         outage.join()
