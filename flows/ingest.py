@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Every flow marks its `pipeline_runs` row when it ends badly (tasks/hooks.py).
 HOOKS: dict[str, Any] = {
-    "on_failed": [mark_run_failed],
+    "on_failure": [mark_run_failed],
     "on_crashed": [mark_run_crashed],
     "on_cancellation": [mark_run_crashed],
 }

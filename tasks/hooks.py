@@ -3,9 +3,9 @@
 Two ways a run's row is left `running`, two remedies:
 
 - The flow ends badly but its process lives long enough to say so: Prefect calls the flow's
-  state hooks, and these mark the row (`on_failed` -> `failed`; `on_crashed` and
+  state hooks, and these mark the row (`on_failure` -> `failed`; `on_crashed` and
   `on_cancellation` -> `crashed`, meaning "stopped before it could finish"). Attach them:
-  `@flow(on_failed=[mark_run_failed], on_crashed=[mark_run_crashed],
+  `@flow(on_failure=[mark_run_failed], on_crashed=[mark_run_crashed],
   on_cancellation=[mark_run_crashed])`.
 - The process is killed outright (SIGKILL, OOM killer, a lost machine): no hook runs. The next
   run calls `close_stale_runs(its_own_run_id)` at its start, which marks `crashed` every other

@@ -265,7 +265,7 @@ class PipelineStore:
 
     def finishable(self, recording_ids: Sequence[int]) -> list[int]:
         """Submitted recordings none of whose jobs waits any more: their last harvester died
-        before it could finish them."""
+        before it could finish them (taking them on again finishes them)."""
         waiting = sa.exists().where(
             ProviderJob.recording_id == Recording.id,
             ProviderJob.status.in_((*WAITING_JOBS, JobStatus.UPLOADING)),
@@ -406,11 +406,11 @@ class PipelineStore:
                 .where(ProviderJob.id == job_id)
                 .values(next_poll_at=None if next_poll_at is None else _at(next_poll_at))
             )
-            stage = RecordingStatus.UPLOADING if status == JobStatus.UPLOADING else RecordingStatus.SUBMITTED
+            # In flight; `submitted` only once every call is at its provider (see `finalize`).
             rec = s.get(Recording, item.recording_id)
             assert rec is not None
-            if rec.status in (RecordingStatus.ACCEPTED, RecordingStatus.UPLOADING, RecordingStatus.FAILED):
-                repo.set_recording_status(s, item.recording_id, stage)
+            if rec.status in (RecordingStatus.ACCEPTED, RecordingStatus.FAILED):
+                repo.set_recording_status(s, item.recording_id, RecordingStatus.UPLOADING)
             return job_id
 
     def job_submitted(self, job_id: int, next_poll_at: float) -> None:

@@ -299,7 +299,7 @@ class Engine:
                 if now - last_sweep >= 5.0:
                     last_sweep = now
                     for rid in self.store.finishable([r for r in idle if statuses.get(r) == "submitted"]):
-                        self._finalize(rid)
+                        self._queue_take_on(rid)
             time.sleep(0.05)
 
     # --- checks: take a recording on -------------------------------------------------------
