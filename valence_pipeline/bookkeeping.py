@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from results_store import repository as repo
 from results_store.db import Store, get_store
 from results_store.models import JobStatus, Provider, Recording, RecordingStatus, RunStatus, RunTrigger
-from results_store.parquet import DatasetWriter, compact
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
 from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
@@ -153,7 +152,10 @@ class PipelineStore:
             repo.save_prosody_result(s, job_id, result, flow_run_id=run_id)
 
     def export_run(self, run_id: str, recording_ids: list[int], output_uri: str) -> list[str]:
-        """Write this run's recordings to Parquet in one commit, and the files into lineage."""
+        """Merge this run's recordings into the dataset's Delta tables (one commit per table),
+        and the files holding them into lineage; returns the files holding this run's rows."""
+        from results_store.dataset import DatasetWriter
+
         if not recording_ids:
             return []
         with self.store.session_scope() as s:
@@ -162,16 +164,22 @@ class PipelineStore:
         writer.add(rows)
         result = writer.commit()
         with self.store.session_scope() as s:
-            repo.record_parquet_commit(s, result)
+            repo.record_dataset_commit(s, result)
         return list(result.file_uris)
 
     def compact_dataset(self, run_id: str, output_uri: str) -> int:
-        """Merge each partition's small files (every upload-event run adds one) and move their
-        lineage to the merged files; returns how many files were merged away."""
-        result = compact(output_uri, run_id=run_id)
+        """Merge each partition's small files (every upload-event run adds some) and move their
+        lineage to the merged files, then vacuum files older than the retention; returns how
+        many files were merged away."""
+        from results_store import dataset
+        from valence_pipeline.settings import get_settings
+
+        commits = dataset.compact(output_uri)
         with self.store.session_scope() as s:
-            repo.record_parquet_commit(s, result)
-        return len(result.removed)
+            repo.record_dataset_commit(s, commits)
+        dataset.vacuum(output_uri, retention_days=get_settings().dataset_retention_days)
+        log.info("dataset compaction for run %s: %d commit(s)", run_id, len(commits))
+        return sum(len(c.removed) for c in commits)
 
     # --- runs ----------------------------------------------------------------------------
     def start_run(
