@@ -15,6 +15,7 @@ from results_store import repository as repo
 from results_store.db import Store
 from results_store.models import Lineage, OutputKind
 from results_store.records import DatasetRows
+from results_store.storage import s3_filesystem
 
 from .factories import RUN_ID, process, recording_in, start_run
 from .readers import KEY_COLUMNS, all_readers_keys
@@ -83,20 +84,17 @@ def assert_lineage_points_at_current_files(store: Store, output_uri: str) -> Non
     for table, uri, recording_id, job_id, row_count, version in current:
         assert uri in live[table]
         assert version is not None and uri in dataset.file_uris(output_uri, table, version=version)
-        data = dataset.read_table(output_uri, table, version=version)
-        assert data.num_rows >= row_count
-        local = pq.read_table(uri) if not uri.startswith("s3://") else None
-        if local is not None:
-            ids = local.column("recording_id").to_pylist()
-            jobs = local.column("provider_job_id").to_pylist() if job_id is not None else [None] * len(ids)
-            assert (
-                sum(1 for r, j in zip(ids, jobs, strict=True) if (r, j) == (recording_id, job_id))
-                == row_count
-            )
+        if uri.startswith("s3://"):
+            held = pq.read_table(uri.removeprefix("s3://"), filesystem=s3_filesystem())
+        else:
+            held = pq.read_table(uri)
+        ids = held.column("recording_id").to_pylist()
+        jobs = held.column("provider_job_id").to_pylist() if job_id is not None else [None] * len(ids)
+        assert sum(1 for r, j in zip(ids, jobs, strict=True) if (r, j) == (recording_id, job_id)) == row_count
 
 
 def test_dataset_agrees_with_database_through_reprocessing_and_compaction(
-    store: Store, local_output_uri: str
+    store: Store, output_uri: str
 ) -> None:
     with store.session_scope() as s:
         start_run(s)
@@ -109,21 +107,21 @@ def test_dataset_agrees_with_database_through_reprocessing_and_compaction(
         copy = repo.upsert_recording(s, recording_in(9, sha256=recording_in(1).sha256, key="copy.wav"))
         repo.record_reuse(s, recording_id=copy.id, source_recording_id=refs[0].id, flow_run_id=RUN_ID)
     ids = [r.id for r in refs] + [copy.id]
-    export(store, local_output_uri, RUN_ID, ids)
-    assert_dataset_matches_database(store, local_output_uri, ids)
-    assert_lineage_points_at_current_files(store, local_output_uri)
+    export(store, output_uri, RUN_ID, ids)
+    assert_dataset_matches_database(store, output_uri, ids)
+    assert_lineage_points_at_current_files(store, output_uri)
 
     # The same run exported again (a retried task): nothing changes, no duplicate anywhere.
-    export(store, local_output_uri, RUN_ID, ids)
-    assert_dataset_matches_database(store, local_output_uri, ids)
-    assert_lineage_points_at_current_files(store, local_output_uri)
+    export(store, output_uri, RUN_ID, ids)
+    assert_dataset_matches_database(store, output_uri, ids)
+    assert_lineage_points_at_current_files(store, output_uri)
 
     # Recording 2 is analysed again in a later run.
     with store.session_scope() as s:
         process(s, refs[1], segments=7, utterances=3, attempt=1, flow_run_id="run-2")
-    export(store, local_output_uri, "run-2", [refs[1].id])
-    assert_dataset_matches_database(store, local_output_uri, ids)
-    assert_lineage_points_at_current_files(store, local_output_uri)
+    export(store, output_uri, "run-2", [refs[1].id])
+    assert_dataset_matches_database(store, output_uri, ids)
+    assert_lineage_points_at_current_files(store, output_uri)
     with store.session_scope() as s:
         superseded = s.execute(
             sa.select(Lineage).where(Lineage.superseded_at.is_not(None), Lineage.recording_id == refs[1].id)
@@ -145,14 +143,14 @@ def test_dataset_agrees_with_database_through_reprocessing_and_compaction(
         late = repo.upsert_recording(s, recording_in(5))
         process(s, late, segments=2, utterances=1, flow_run_id="run-2")
     ids.append(late.id)
-    export(store, local_output_uri, "run-2", [late.id])
-    assert_dataset_matches_database(store, local_output_uri, ids)
-    assert_lineage_points_at_current_files(store, local_output_uri)
+    export(store, output_uri, "run-2", [late.id])
+    assert_dataset_matches_database(store, output_uri, ids)
+    assert_lineage_points_at_current_files(store, output_uri)
 
     # Compaction moves every row; lineage follows to the new files and versions.
-    commits = dataset.compact(local_output_uri)
+    commits = dataset.compact(output_uri)
     assert commits and all(c.operation == "compact" and c.removed for c in commits)
     with store.session_scope() as s:
         repo.record_dataset_commit(s, commits)
-    assert_dataset_matches_database(store, local_output_uri, ids)
-    assert_lineage_points_at_current_files(store, local_output_uri)
+    assert_dataset_matches_database(store, output_uri, ids)
+    assert_lineage_points_at_current_files(store, output_uri)
