@@ -3,13 +3,17 @@
     .venv/bin/python bench/bench_store.py                 # 1,000,000 rows
     .venv/bin/python bench/bench_store.py --rows 100000   # scaled down
 
-Targets, side by side in one run: the Parquet dataset (one `DatasetWriter` for the whole run,
-local folder), SQLite (a temporary file) and PostgreSQL (a throwaway schema in
+Targets, side by side in one run: plain Parquet (the peer: the rows converted to Arrow and
+written by `pyarrow.parquet.write_table`, no table format), the Delta dataset (one
+`DatasetWriter` for the whole run into a new table, then the same run again, where every row
+is an update), local folder; SQLite (a temporary file) and PostgreSQL (a throwaway schema in
 $VALENCE_PIPELINE_TEST_POSTGRES_URL, default the local `test` database; reported as skipped
 if unreachable). Rows go through the calls the pipeline makes: `save_timelines` for
 `--jobs-per-transaction` provider jobs per transaction (COPY on PostgreSQL, executemany on
-SQLite), and `DatasetWriter.add_emotion_segments` per recording then one `commit()`. Only those calls are
-timed; building the input rows is not. Each target's row count is read back and checked.
+SQLite), and `DatasetWriter.add_emotion_segments` per recording then one `commit()` (a merge). Only those calls are
+timed; building the input rows is not. Each target's row count is read back and checked. The
+Parquet and Delta targets share the record -> Arrow conversion (most of their time); their notes
+give the write or merge alone.
 """
 
 from __future__ import annotations
@@ -28,11 +32,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from results_store import db, parquet
+from results_store import dataset, db
 from results_store import repository as repo
-from results_store.models import EmotionSegmentRecord, EmotionSegmentRow, JobStatus, Provider, RunTrigger
+from results_store.models import (
+    EMOTION_SEGMENTS_TABLE,
+    EmotionSegmentRecord,
+    EmotionSegmentRow,
+    JobStatus,
+    Provider,
+    RunTrigger,
+)
 from results_store.records import JobIn, RecordingIn, RunStart
 from valence_client.models import VALENCE_MODELS, EmotionSegment
 
@@ -95,25 +108,92 @@ def segment_records(recording: int, n: int, rng: random.Random) -> list[EmotionS
     ]
 
 
-# --------------------------------------------------------------------------- Parquet
+# --------------------------------------------------------------------------- dataset
 
 
-def bench_parquet(recordings: int, per_recording: int, workdir: Path) -> Outcome:
+def bench_delta(recordings: int, per_recording: int, workdir: Path) -> list[Outcome]:
+    """The dataset writer: one `DatasetWriter` per run, rows added per recording, one commit
+    (a Delta merge on the natural key); then the same run again, where every row matches."""
+    root = str(workdir / "delta")
+    outcomes = []
+    for target in ("delta", "delta-rerun"):
+        rng = random.Random(1)
+        writer = dataset.DatasetWriter(root, RUN_ID)
+        elapsed = 0.0
+        for rid in range(1, recordings + 1):
+            rows = segment_records(rid, per_recording, rng)
+            start = time.perf_counter()
+            writer.add_emotion_segments(rows)
+            elapsed += time.perf_counter() - start
+        start = time.perf_counter()
+        result = writer.commit()
+        committing = time.perf_counter() - start
+        elapsed += committing
+        written = dataset.read_table(root, "emotion_segments", columns=["recording_id"]).num_rows
+        _check(written, recordings * per_recording, target)
+        files = sum(len(t.added) for t in result.tables)
+        outcomes.append(
+            Outcome(
+                target,
+                written,
+                elapsed,
+                f"version {result.versions['emotion_segments']}, {files} file(s), merge {committing:.2f} s",
+            )
+        )
+    # One more small run (an upload event's worth) into the now large table: the merge reads
+    # the table's key columns to find matches, so this shows the cost per run at that size.
+    rng = random.Random(2)
+    small = max(1, recordings // 1000)
+    writer = dataset.DatasetWriter(root, "bench-small-run")
+    rows = [
+        r
+        for rid in range(recordings + 1, recordings + 1 + small)
+        for r in segment_records(rid, per_recording, rng)
+    ]
+    start = time.perf_counter()
+    writer.add_emotion_segments(rows)
+    writer.commit()
+    elapsed = time.perf_counter() - start
+    total = dataset.read_table(root, "emotion_segments", columns=["recording_id"]).num_rows
+    _check(total, (recordings + small) * per_recording, "delta-small")
+    outcomes.append(Outcome("delta-small", len(rows), elapsed, "one more run into the table above"))
+    return outcomes
+
+
+def _warm_up() -> None:
+    """Imports and first-call costs (pyarrow kernels, delta-rs) paid before any timing, so they
+    do not land on whichever target runs first."""
+    import deltalake  # noqa: F401 - imported for its load time
+
+    rows = segment_records(0, 3, random.Random(0))
+    dataset.records_to_arrow(EMOTION_SEGMENTS_TABLE, rows, RUN_ID, dt.date(2025, 1, 1))
+
+
+def bench_plain_parquet(recordings: int, per_recording: int, workdir: Path) -> Outcome:
+    """The peer: the same rows converted the same way, written by plain `pq.write_table` into a
+    Hive partition folder (what the dataset writer did before Delta, minus its commit log)."""
     rng = random.Random(1)
-    root = workdir / "parquet"
-    writer = parquet.DatasetWriter(str(root), RUN_ID)
+    spec = EMOTION_SEGMENTS_TABLE
+    today = dt.datetime.now(dt.UTC).date()
+    chunks = []
     elapsed = 0.0
     for rid in range(1, recordings + 1):
         rows = segment_records(rid, per_recording, rng)
         start = time.perf_counter()
-        writer.add_emotion_segments(rows)
+        chunks.append(dataset.records_to_arrow(spec, rows, RUN_ID, today))
         elapsed += time.perf_counter() - start
     start = time.perf_counter()
-    result = writer.commit()
+    data = pa.concat_tables(chunks).select(spec.schema.names)
+    writing_start = time.perf_counter()
+    folder = workdir / "parquet" / spec.name / f"processing_date={today}" / "provider=valence"
+    folder.mkdir(parents=True)
+    path = folder / f"part-{uuid.uuid4().hex}.parquet"
+    pq.write_table(data, path, compression="zstd", row_group_size=dataset.ROW_GROUP_ROWS)
     elapsed += time.perf_counter() - start
-    written = parquet.read_table(str(root), "emotion_segments", columns=["recording_id"]).num_rows
+    writing = time.perf_counter() - writing_start
+    written = pq.read_metadata(path).num_rows
     _check(written, recordings * per_recording, "parquet")
-    return Outcome("parquet", written, elapsed, f"{len(result.added)} file(s)")
+    return Outcome("parquet", written, elapsed, f"1 file, no log, write {writing:.2f} s")
 
 
 # --------------------------------------------------------------------------- databases
@@ -225,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         workdir = Path(tmp)
-        outcomes.append(bench_parquet(recordings, per, workdir))
+        _warm_up()
+        outcomes.append(bench_plain_parquet(recordings, per, workdir))
+        outcomes.extend(bench_delta(recordings, per, workdir))
         sqlite_url = f"sqlite:///{workdir / 'bench.db'}"
         outcomes.append(bench_database("sqlite", sqlite_url, recordings, per, args.jobs_per_transaction))
         if args.skip_postgres:
@@ -241,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     for o in outcomes:
         seconds = "-" if o.seconds is None else f"{o.seconds:.2f}"
         print(f"{o.target:<12} {o.rows:>12,} {seconds:>9} {o.rate:>12}  {o.note}".rstrip())
+    by_target = {o.target: o for o in outcomes}
+    peer, delta = by_target["parquet"], by_target["delta"]
+    if peer.seconds and delta.seconds:
+        print(
+            f"delta / plain parquet writes per second: {peer.seconds / delta.seconds:.2f}x (target >= 0.8x)"
+        )
     return 0
 
 

@@ -76,7 +76,7 @@ def process_objects(
     try:
         ids = register(objects, len(objects), run_id)
         _work(ids, run_id, resend_unknown, run_name)
-        files = export_dataset(run_id, ids)
+        files = export_dataset(run_id, None)  # every stored recording: a crash's leftovers too
     except BaseException:
         close_run(run_id, {"seen": len(objects)}, failed=True)
         raise

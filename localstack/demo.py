@@ -2,7 +2,7 @@
 
 Starts SeaweedFS and the provider emulator on free loopback ports, fills a bucket with a dozen
 generated recordings (once: later demos reuse them, so a second run has nothing to pay for),
-runs the nightly flow on Prefect's temporary server with SQLite and a local Parquet folder,
+runs the nightly flow on Prefect's temporary server with SQLite and a local dataset folder (Delta Lake tables),
 prints the run summary and where every output is, and stops what it started.
 """
 
@@ -41,7 +41,7 @@ def pipeline_env(workdir: Path, sw: SeaweedFS, emu: Any, time_scale: float) -> d
         "VALSEA_API_KEY": emu.valsea_key,
         "VALSEA_API_BASE_URL": emu.base_url,
         "VALENCE_PIPELINE_DATABASE_URL": f"sqlite:///{workdir / 'results.db'}",
-        "VALENCE_PIPELINE_OUTPUT_URI": str(workdir / "parquet"),
+        "VALENCE_PIPELINE_OUTPUT_URI": str(workdir / "dataset"),
         # The emulator's clock runs `time_scale` times faster; expect results that much sooner.
         "VALENCE_PIPELINE_VALENCE_PICKUP_DELAY_S": str(10.0 / time_scale),
         "VALENCE_PIPELINE_VALENCE_S_PER_AUDIO_HOUR": str(90.0 / time_scale),
@@ -107,7 +107,9 @@ def _print_outcome(workdir: Path, result: dict[str, Any], ledger: dict[str, Any]
     print()
     print("Results:")
     print(f"  database       sqlite:///{workdir / 'results.db'}")
-    print(f"  parquet        {workdir / 'parquet'}")
+    print(
+        f"  dataset        {workdir / 'dataset'} (Delta tables: valence-pipeline dataset show emotion_segments --output-uri ...)"
+    )
     print(f"  recordings     s3://{BUCKET}/ in SeaweedFS data at {workdir / 'seaweedfs'}")
     print(f"  prefect runs   {workdir / 'prefect'} (the temporary server's database)")
     print(

@@ -1,17 +1,19 @@
-"""The results schema, declared once: SQLAlchemy 2.0 models and, beside each, its Parquet form.
+"""The results schema, declared once: SQLAlchemy 2.0 models and, beside each, its dataset form.
 
-Every table that is also exported to Parquet has three things next to each other here: the ORM
-model (the system of record), a frozen dataclass "record" (one Parquet row as plain typed
+Every table that is also exported to the dataset (Delta Lake tables) has three things next to
+each other here: the ORM model (the system of record), a frozen dataclass "record" (one row as plain typed
 values, built from ORM rows by `repository.dataset_rows`) and a `DatasetTable` holding the
 versioned Arrow schema. Keeping them together is what lets a test check that the dataset and
 the database agree row for row, and makes a schema change a one-file diff plus a migration.
 
-Natural keys (what idempotent upserts conflict on):
+Natural keys (what idempotent upserts conflict on, in the database and in the dataset's merges):
   recordings        bucket + key + object_version (version id, or "etag:<etag>" when unversioned)
   provider_jobs     provider + external_id
   emotion_segments  job_id + segment_index       prosody_utterances  job_id + utterance_index
   prosody_results   job_id                       pipeline_runs       flow_run_id
   lineage           key_hash (sha256 of kind, recording, job, output uri; see repository)
+The dataset's tables (`natural_key` on each `DatasetTable`) add `recording_id` to the job's key:
+a recording that reuses another's results (same bytes) gets its own copy of those rows.
 """
 
 from __future__ import annotations
@@ -171,17 +173,18 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-# --------------------------------------------------------------------------- Parquet tables
+# --------------------------------------------------------------------------- dataset (Delta) tables
 
 
 @dataclass(frozen=True)
 class DatasetTable:
-    """One Parquet table: the versioned Arrow schema of its files and its Hive partitioning.
+    """One Delta table of the dataset: its versioned Arrow schema, partitioning and natural key.
 
     `schema` lists the columns stored inside each file; the partition columns live only in the
-    path (`processing_date=2025-01-02/provider=valence/`), as Hive readers expect, and are
-    added back by readers. `record` is the row type the writer accepts; its fields are the file
-    columns minus `run_id` (stamped by the writer) plus any per-row partition column.
+    path (`processing_date=2025-01-02/provider=valence/`) and in the Delta log, and readers add
+    them back. `record` is the row type the writer accepts; its fields are the file columns
+    minus `run_id` (stamped by the writer) plus any per-row partition column. `natural_key` is
+    what a re-run's rows are merged on (one row per key); see `merge_key` when it is left empty.
     """
 
     name: str
@@ -189,6 +192,17 @@ class DatasetTable:
     schema: pa.Schema
     partition_by: tuple[str, ...]
     record: type[Any]
+    natural_key: tuple[str, ...] = ()
+
+    @property
+    def merge_key(self) -> tuple[str, ...]:
+        """`natural_key`, or by default `recording_id` plus whichever of `provider_job_id`,
+        `channel` and `*_index` columns the table has (one row per recording, job/channel, item)."""
+        if self.natural_key:
+            return self.natural_key
+        names = self.schema.names
+        extra = [n for n in ("provider_job_id",) if n in names] or [n for n in ("channel",) if n in names]
+        return ("recording_id", *extra, *(n for n in names if n.endswith("_index")))
 
     @property
     def file_schema(self) -> pa.Schema:
@@ -202,7 +216,7 @@ class DatasetTable:
 
     @property
     def read_schema(self) -> pa.Schema:
-        """File columns plus partition columns: what `parquet.read_table` returns."""
+        """File columns plus partition columns: the Delta table's schema, what `dataset.read_table` returns."""
         return pa.schema([*self.schema, *(PARTITION_FIELDS[name] for name in self.partition_by)])
 
     @property
@@ -340,6 +354,7 @@ RECORDINGS_TABLE = DatasetTable(
     version=1,
     partition_by=("processing_date",),
     record=RecordingRecord,
+    natural_key=("bucket", "key", "source_version"),
     schema=pa.schema(
         [
             *_LINEAGE_FIELDS,
@@ -476,6 +491,7 @@ EMOTION_SEGMENTS_TABLE = DatasetTable(
     version=1,
     partition_by=("processing_date", "provider"),
     record=EmotionSegmentRecord,
+    natural_key=("recording_id", "provider_job_id", "segment_index"),
     schema=pa.schema(
         [
             *_LINEAGE_FIELDS,
@@ -528,6 +544,7 @@ PROSODY_SUMMARY_TABLE = DatasetTable(
     version=1,
     partition_by=("processing_date", "provider"),
     record=ProsodySummaryRecord,
+    natural_key=("recording_id", "provider_job_id"),
     schema=pa.schema(
         [
             *_LINEAGE_FIELDS,
@@ -546,7 +563,7 @@ class ProsodyUtteranceRow(Base):
     table: they are always read together (an utterance's profile), never filtered on in SQL,
     and the provider may add names (the protocol models keep unknown fields). A child table
     would write 48 rows per utterance, about 50x the rows for the same information. The
-    Parquet export stores them as a `map<string, double>` column, which DuckDB indexes as
+    dataset stores them as a `map<string, double>` column, which DuckDB indexes as
     `expressions['Anger']`.
     """
 
@@ -584,6 +601,7 @@ PROSODY_UTTERANCES_TABLE = DatasetTable(
     version=1,
     partition_by=("processing_date", "provider"),
     record=ProsodyUtteranceRecord,
+    natural_key=("recording_id", "provider_job_id", "utterance_index"),
     schema=pa.schema(
         [
             *_LINEAGE_FIELDS,
@@ -602,12 +620,14 @@ PROSODY_UTTERANCES_TABLE = DatasetTable(
 class Lineage(Base):
     """Where an output came from: source object version, provider job and pipeline run.
 
-    An output is either a Parquet file (`output_uri` is its s3:// or local path) or a set of
-    database rows (`output_uri` is `db:<table>?job_id=<id>`). `kind=reused_from` records that a
-    recording's results are another recording's (same SHA-256): `source_recording_id` and
-    `job_id` point at what was reused, so nothing was paid twice. Parquet files move when
-    rewritten (supersession, compaction); `superseded_at` marks rows whose file no longer
-    holds that recording.
+    An output is either a data file of a dataset Delta table (`output_kind=parquet`,
+    `output_uri` its s3:// or local path, `table_version` the table version whose commit added
+    it) or a set of database rows (`output_uri` is `db:<table>?job_id=<id>`). `kind=reused_from`
+    records that a recording's results are another recording's (same SHA-256):
+    `source_recording_id` and `job_id` point at what was reused, so nothing was paid twice.
+    Rows move between files when a merge rewrites a file or compaction merges files; lineage
+    follows them to the new file and version. `superseded_at` marks rows whose recording was
+    re-written since: that file, read at `table_version`, still holds the old rows until vacuum.
     """
 
     __tablename__ = "lineage"
@@ -627,6 +647,7 @@ class Lineage(Base):
     table_name: Mapped[str] = mapped_column(sa.String(64))
     output_uri: Mapped[str] = mapped_column(sa.Text, index=True)
     row_count: Mapped[int | None] = mapped_column(sa.Integer)
+    table_version: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     superseded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 

@@ -1,12 +1,13 @@
 """Plain typed values crossing the store's API: what the pipeline passes in, what queries return.
 
 All are frozen dataclasses, so they pickle between Prefect tasks and never hold a session. The
-row types the Parquet writer takes live next to the ORM models in `models.py`.
+row types the dataset writer takes live next to the ORM models in `models.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class LineageIn:
     flow_run_id: str | None = None
     source_recording_id: int | None = None
     row_count: int | None = None
+    table_version: int | None = None
+    created_at: dt.datetime | None = None
 
 
 # --------------------------------------------------------------------------- results
@@ -130,7 +133,7 @@ class JobRef:
 
 @dataclass(frozen=True)
 class DatasetRows:
-    """Everything the Parquet dataset should hold for some recordings, built from the database."""
+    """Everything the dataset should hold for some recordings, built from the database."""
 
     recordings: list[RecordingRecord] = field(default_factory=list)
     emotion_segments: list[EmotionSegmentRecord] = field(default_factory=list)
@@ -188,6 +191,7 @@ class OutputView:
     job_id: int | None
     flow_run_id: str | None
     source_recording_id: int | None
+    table_version: int | None
     created_at: dt.datetime
     superseded_at: dt.datetime | None
 
@@ -250,16 +254,18 @@ class Timeline:
     reused_from: RecordingView | None = None
 
 
-# --------------------------------------------------------------------------- Parquet commits
+# --------------------------------------------------------------------------- dataset commits
 
 
 @dataclass(frozen=True)
 class FileSource:
-    """Rows of one recording (and provider job, None for the recordings table) in a data file."""
+    """Rows of one recording (and provider job, None for the recordings table) in a data file,
+    and the run that wrote them."""
 
     recording_id: int
     job_id: int | None
     rows: int
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -271,32 +277,62 @@ class DataFileInfo:
 
 
 @dataclass(frozen=True)
-class Relocation:
-    """Rows of `recording_ids` that lived in `old_uri` now live in `new_uri` (a rewrite)."""
+class TableCommit:
+    """One Delta commit to one table (a run's merge, or a compaction).
 
-    old_uri: str
-    new_uri: str
-    recording_ids: tuple[int, ...]
+    `added` are every data file the commit added, with the (recording, job, run) rows each
+    holds; `removed` the files it took out of the table (still readable at earlier versions
+    until vacuumed); `written` the recordings whose rows the commit replaced (empty for a
+    compaction, which only moves rows). `repository.record_dataset_commit` turns this into
+    lineage.
+    """
+
+    table: str
+    version: int
+    operation: str
+    added: tuple[DataFileInfo, ...] = ()
+    removed: tuple[str, ...] = ()
+    written: tuple[int, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        table: str,
+        version: int,
+        operation: str,
+        added: Sequence[tuple[str, int, tuple[FileSource, ...]]],
+        removed: Sequence[str],
+        written: Sequence[int] = (),
+    ) -> TableCommit:
+        return cls(
+            table=table,
+            version=version,
+            operation=operation,
+            added=tuple(DataFileInfo(table, uri, rows, sources) for uri, rows, sources in added),
+            removed=tuple(removed),
+            written=tuple(written),
+        )
 
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What one dataset commit (a run's write, or a compaction) changed.
+    """What one run's export (or one compaction) committed: one `TableCommit` per table."""
 
-    `added` are files holding newly written rows; `relocated` and `removed` describe files that
-    were rewritten or dropped. `repository.record_parquet_commit` turns this into lineage.
-    """
-
-    version: int | None
     run_id: str
-    added: tuple[DataFileInfo, ...] = ()
-    relocated: tuple[Relocation, ...] = ()
-    removed: tuple[str, ...] = ()
+    tables: tuple[TableCommit, ...] = ()
 
     @property
     def file_uris(self) -> list[str]:
-        return [f.uri for f in self.added]
+        """Files holding rows this run wrote (not the ones a rewrite only carried over)."""
+        return [
+            f.uri for t in self.tables for f in t.added if any(src.run_id == self.run_id for src in f.sources)
+        ]
 
     @property
-    def rows(self) -> int:
-        return sum(f.rows for f in self.added)
+    def versions(self) -> dict[str, int]:
+        return {t.table: t.version for t in self.tables}
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return tuple(uri for t in self.tables for uri in t.removed)

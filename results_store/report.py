@@ -109,8 +109,9 @@ def _render_output(output: OutputView) -> str:
     rows = "" if output.row_count is None else f", {output.row_count} row(s)"
     state = f" [superseded {_ts(output.superseded_at)}]" if output.superseded_at else ""
     kind = " reused" if output.kind.value == "reused_from" else ""
+    version = "" if output.table_version is None else f" (delta version {output.table_version})"
     return (
-        f"{output.output_kind.value}{kind} {output.table_name}{rows}: {output.uri} "
+        f"{output.output_kind.value}{kind} {output.table_name}{rows}: {output.uri}{version} "
         f"(run {output.flow_run_id or '-'}){state}"
     )
 

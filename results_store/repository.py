@@ -60,6 +60,7 @@ from results_store.records import (
     RunView,
     SegmentView,
     SummaryView,
+    TableCommit,
     Timeline,
     UtteranceView,
 )
@@ -706,55 +707,82 @@ def add_lineage(session: Session, entries: Sequence[LineageIn], *, now: dt.datet
             "table_name": e.table_name,
             "output_uri": _check_output_uri(e.output_uri),
             "row_count": e.row_count,
-            "created_at": now,
+            "table_version": e.table_version,
+            "created_at": e.created_at or now,
             "superseded_at": None,
         }
         for e in entries
     ]
     rows = _dedupe(rows, ("key_hash",))
-    _upsert(session, Lineage, rows, key=("key_hash",), update=("flow_run_id", "row_count", "superseded_at"))
+    _upsert(
+        session,
+        Lineage,
+        rows,
+        key=("key_hash",),
+        update=("flow_run_id", "row_count", "table_version", "superseded_at"),
+    )
     return len(rows)
 
 
-def record_parquet_commit(session: Session, result: CommitResult, *, now: dt.datetime | None = None) -> int:
-    """Bring Parquet lineage in line with a dataset commit; returns lineage rows added.
+def record_dataset_commit(
+    session: Session, commits: CommitResult | Iterable[TableCommit], *, now: dt.datetime | None = None
+) -> int:
+    """Bring dataset lineage in line with Delta commits (a run's export, or a compaction);
+    returns the lineage rows written.
 
-    Rewritten files carry their surviving recordings' lineage to the new URI; lineage rows still
-    pointing at a removed file are marked superseded (the recording was re-processed); each
-    added file gets one `produced` row per (recording, job) it holds.
+    Each added file gets one `produced` row per (recording, job, run) it holds, with the table
+    version of the commit that added it. Rows on a removed file move to the new file when the
+    same (recording, job, run) rows are in the commit's added files (a rewrite or a
+    compaction carried them over); the others were replaced by a newer run's rows and are
+    marked superseded (the old file still holds them at earlier versions until vacuum).
     """
     now = now or utcnow()
-    for move in result.relocated:
-        moved = session.execute(
-            sa.select(Lineage).where(
-                Lineage.output_uri == move.old_uri, Lineage.recording_id.in_(move.recording_ids)
+    tables = commits.tables if isinstance(commits, CommitResult) else tuple(commits)
+    written = 0
+    for commit in tables:
+        carried = {(s.recording_id, s.job_id, s.run_id) for f in commit.added for s in f.sources}
+        created: dict[tuple[int, int | None, str | None], dt.datetime] = {}
+        for start in range(0, len(commit.removed), EXPORT_CHUNK):
+            old = session.execute(
+                sa.select(Lineage).where(
+                    Lineage.output_kind == OutputKind.PARQUET,
+                    Lineage.table_name == commit.table,
+                    Lineage.output_uri.in_(commit.removed[start : start + EXPORT_CHUNK]),
+                    Lineage.superseded_at.is_(None),
+                )
+            ).scalars()
+            for row in old:
+                key = (row.recording_id, row.job_id, row.flow_run_id)
+                if key in carried:
+                    created[key] = min(created.get(key, row.created_at), row.created_at)
+                    session.delete(row)
+                else:
+                    row.superseded_at = now
+        session.flush()
+        runs = {s.run_id for f in commit.added for s in f.sources if s.run_id}
+        known_runs = set(
+            session.execute(
+                sa.select(PipelineRun.flow_run_id).where(PipelineRun.flow_run_id.in_(runs))
+            ).scalars()
+        )
+        entries = [
+            LineageIn(
+                kind=LineageKind.PRODUCED,
+                recording_id=src.recording_id,
+                output_kind=OutputKind.PARQUET,
+                table_name=commit.table,
+                output_uri=file.uri,
+                job_id=src.job_id,
+                flow_run_id=src.run_id if src.run_id in known_runs else None,
+                row_count=src.rows,
+                table_version=commit.version,
+                created_at=created.get((src.recording_id, src.job_id, src.run_id)),
             )
-        ).scalars()
-        for row in moved:
-            row.output_uri = move.new_uri
-            row.key_hash = lineage_key(row.kind, row.recording_id, row.job_id, move.new_uri)
-    session.flush()
-    if result.removed:
-        session.execute(
-            sa.update(Lineage)
-            .where(Lineage.output_uri.in_(result.removed), Lineage.superseded_at.is_(None))
-            .values(superseded_at=now)
-        )
-    entries = [
-        LineageIn(
-            kind=LineageKind.PRODUCED,
-            recording_id=src.recording_id,
-            output_kind=OutputKind.PARQUET,
-            table_name=file.table,
-            output_uri=file.uri,
-            job_id=src.job_id,
-            flow_run_id=result.run_id,
-            row_count=src.rows,
-        )
-        for file in result.added
-        for src in file.sources
-    ]
-    return add_lineage(session, entries, now=now)
+            for file in commit.added
+            for src in file.sources
+        ]
+        written += add_lineage(session, entries, now=now)
+    return written
 
 
 # --------------------------------------------------------------------------- current results
@@ -809,7 +837,7 @@ def _channel_order(channel: int | None) -> int:
 
 
 def dataset_rows(session: Session, recording_ids: Sequence[int]) -> DatasetRows:
-    """The Parquet rows for these recordings, straight from the database: the recording row
+    """The dataset rows for these recordings, straight from the database: the recording row
     and the results of each recording's current jobs (see `_current_jobs`)."""
     out = DatasetRows()
     ids = sorted(set(recording_ids))
@@ -954,7 +982,8 @@ def _versions(session: Session, uri: str, version: str | None) -> list[Recording
 
 def lineage_for_uri(session: Session, uri: str, *, version: str | None = None) -> list[RecordingLineage]:
     """The whole chain for each version of an object (newest first): the object version, its
-    provider jobs, their outputs (database rows, Parquet files, reuse links) and the runs."""
+    provider jobs, their outputs (database rows, dataset files with their table version, reuse
+    links) and the runs."""
     out = []
     for rec in _versions(session, uri, version):
         outputs = list(

@@ -1,20 +1,18 @@
-"""Where the Parquet dataset lives: a local folder or an S3 prefix, behind one small interface.
+"""Where the dataset lives: a local folder or an S3 prefix, and how each library reaches it.
 
-Data goes through pyarrow's filesystem (`S3FileSystem` configured from boto3's standard
-environment: `AWS_ENDPOINT_URL`, keys, profile, region), so readers and writers share it.
-The commit log needs one thing pyarrow lacks, create-if-absent: locally a hard link (atomic,
-fails if the name exists), on S3 a conditional PUT (`If-None-Match: *`) through boto3.
+Two clients read and write the same place, both configured from boto3's standard environment
+(`AWS_ENDPOINT_URL`, keys, profile, region) so they agree with the pipeline's S3 reading:
+delta-rs (its object-store options, `delta_storage_options`) writes the tables, and pyarrow's
+filesystem (`Location`) reads commit log entries and data files for lineage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import logging
 import os
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,7 +39,6 @@ class Location:
     root: str
     """The root in `fs` terms: an absolute local path, or `bucket/prefix` on S3."""
     is_s3: bool
-    _s3_client: Any = field(default=None, repr=False)
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -57,47 +54,6 @@ class Location:
         with self.fs.open_input_stream(self.path(rel)) as stream:
             return bytes(stream.read())
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Replace `rel` with `data`, never exposing a half-written file."""
-        if self.is_s3:
-            # One PUT: S3 shows the whole object or nothing.
-            self._client().put_object(Bucket=self._bucket, Key=self._key(rel), Body=data)
-            return
-        target = Path(self.path(rel))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}")
-        _write_synced(tmp, data)
-        os.replace(tmp, target)
-
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create `rel` holding `data` only if nothing is there yet; False if it exists."""
-        if self.is_s3:
-            return self._put_if_absent(rel, data)
-        target = Path(self.path(rel))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}")
-        _write_synced(tmp, data)
-        try:
-            os.link(tmp, target)  # atomic, and fails if `target` exists: the compare-and-swap
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink()
-
-    def _put_if_absent(self, rel: str, data: bytes) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._client().put_object(Bucket=self._bucket, Key=self._key(rel), Body=data, IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            # 412: the key exists; 409: another conditional write to it is in flight.
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                return False
-            raise
-
     def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
         selector = pafs.FileSelector(self.path(rel_dir), recursive=recursive, allow_not_found=True)
         prefix = self.root + "/"
@@ -106,51 +62,6 @@ class Location:
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File
         ]
-
-    def delete(self, rel: str) -> None:
-        """Delete `rel` if it exists."""
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(self.path(rel))
-
-    def prepare_parent(self, rel: str) -> None:
-        """Create the local folder `rel` will be written into (S3 needs none)."""
-        if not self.is_s3:
-            Path(self.path(rel)).parent.mkdir(parents=True, exist_ok=True)
-
-    def move(self, src: str, dst: str) -> None:
-        """Local: an atomic rename. S3: copy then delete (the copy appears whole, or not)."""
-        self.prepare_parent(dst)
-        self.fs.move(self.path(src), self.path(dst))
-
-    def remove_empty_dirs(self, rel_dir: str) -> None:
-        """Local housekeeping after staging is drained (S3 has no directories to remove)."""
-        if self.is_s3:
-            return
-        top = Path(self.path(rel_dir))
-        if not top.is_dir():
-            return
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
-            with contextlib.suppress(OSError):
-                Path(dirpath).rmdir()
-
-    @property
-    def _bucket(self) -> str:
-        return self.root.split("/", 1)[0]
-
-    def _key(self, rel: str) -> str:
-        return self.path(rel).split("/", 1)[1]
-
-    def _client(self) -> Any:
-        if self._s3_client is None:
-            self._s3_client = s3_client()
-        return self._s3_client
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def open_location(output_uri: str) -> Location:
@@ -181,7 +92,7 @@ def s3_filesystem() -> pafs.S3FileSystem:
 
 
 def s3_client() -> Any:
-    """The boto3 S3 client matching `s3_filesystem()` (used for conditional PUTs)."""
+    """The boto3 S3 client matching `s3_filesystem()`."""
     return _s3_clients(tuple(os.environ.get(name) for name in _AWS_ENV))[0]
 
 
@@ -205,3 +116,35 @@ def _s3_clients(env: tuple[str | None, ...]) -> tuple[Any, pafs.S3FileSystem]:
     if parsed.hostname and not parsed.hostname.endswith("amazonaws.com"):
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
     return client, pafs.S3FileSystem(**kwargs)
+
+
+def delta_storage_options() -> dict[str, str]:
+    """delta-rs's S3 options from the same environment as `s3_filesystem()`.
+
+    Safe concurrent commits on S3 need create-if-absent for the log entry: `conditional_put =
+    etag` makes delta-rs's object store send `If-None-Match: *` (AWS S3 since 2024, MinIO,
+    SeaweedFS, R2 honour it), so of two writers racing for version N one gets 412 and retries
+    on top of the other; no locking service (DynamoDB) is needed. delta-rs 1.x enables it for
+    S3 by default; it is stated here because it is a requirement on the store: one that ignores
+    the header would let two writers overwrite each other's log entry.
+    """
+    client = s3_client()
+    options = {"AWS_REGION": client.meta.region_name or "us-east-1", "conditional_put": "etag"}
+    endpoint = str(client.meta.endpoint_url)
+    hostname = urlparse(endpoint).hostname or ""
+    if not hostname.endswith("amazonaws.com"):  # AWS itself: delta-rs picks the regional endpoint
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    import boto3
+    from botocore.credentials import RefreshableCredentials
+
+    credentials = boto3.Session().get_credentials()
+    # Static keys are handed over; refreshable ones (roles, SSO) are left to delta-rs's own AWS
+    # credential chain, which reads the same environment and keeps refreshing them.
+    if credentials is not None and not isinstance(credentials, RefreshableCredentials):
+        frozen = credentials.get_frozen_credentials()
+        options.update(AWS_ACCESS_KEY_ID=frozen.access_key, AWS_SECRET_ACCESS_KEY=frozen.secret_key)
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+    return options

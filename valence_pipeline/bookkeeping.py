@@ -39,7 +39,6 @@ from results_store.models import (
     RunStatus,
     RunTrigger,
 )
-from results_store.parquet import DatasetWriter, compact
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
 from valence_pipeline.audio import AudioInfo
@@ -641,22 +640,33 @@ class PipelineStore:
     def export_stored(
         self, run_id: str, output_uri: str, recording_ids: Sequence[int] | None = None
     ) -> list[str]:
-        """Every recording whose results are stored (this run's, and any a crash left behind)
-        goes to the dataset in one commit, then becomes `completed`; failed ones of
-        `recording_ids` are written too (their recording rows say why)."""
+        """Stored recordings go to the dataset in one commit, then become `completed`: those of
+        `recording_ids` (a batch's), or every stored one (a run's end: a crash's leftovers
+        too). Failed ones (of `recording_ids`, or of the run) are written too: their recording rows
+        say why."""
         with self.store.session_scope() as s:
-            ids = list(s.scalars(sa.select(Recording.id).where(Recording.status == RecordingStatus.STORED)))
-            if recording_ids:
-                failed = set()
-                for chunk in _chunks(list(recording_ids), 500):
-                    failed |= set(
-                        s.scalars(
-                            sa.select(Recording.id).where(
-                                Recording.id.in_(chunk), Recording.status == RecordingStatus.FAILED
+            if recording_ids is None:
+                ids = list(
+                    s.scalars(
+                        sa.select(Recording.id).where(
+                            sa.or_(
+                                Recording.status == RecordingStatus.STORED,
+                                sa.and_(
+                                    Recording.status == RecordingStatus.FAILED, Recording.run_id == run_id
+                                ),
                             )
                         )
                     )
-                ids += sorted(failed)
+                )
+            else:
+                ids = []
+                for chunk in _chunks(list(recording_ids), 500):
+                    ids += s.scalars(
+                        sa.select(Recording.id).where(
+                            Recording.id.in_(chunk),
+                            Recording.status.in_((RecordingStatus.STORED, RecordingStatus.FAILED)),
+                        )
+                    )
         files = self.export_run(run_id, ids, output_uri)
         with self.store.session_scope() as s:
             for chunk in _chunks(ids, 500):
@@ -668,7 +678,10 @@ class PipelineStore:
         return files
 
     def export_run(self, run_id: str, recording_ids: list[int], output_uri: str) -> list[str]:
-        """Write these recordings to the dataset in one commit, and the files into lineage."""
+        """Merge this run's recordings into the dataset's Delta tables (one commit per table),
+        and the files holding them into lineage; returns the files holding this run's rows."""
+        from results_store.dataset import DatasetWriter
+
         if not recording_ids:
             return []
         with self.store.session_scope() as s:
@@ -677,16 +690,22 @@ class PipelineStore:
         writer.add(rows)
         result = writer.commit()
         with self.store.session_scope() as s:
-            repo.record_parquet_commit(s, result)
+            repo.record_dataset_commit(s, result)
         return list(result.file_uris)
 
     def compact_dataset(self, run_id: str, output_uri: str) -> int:
-        """Merge each partition's small files (every upload-event run adds one) and move their
-        lineage to the merged files; returns how many files were merged away."""
-        result = compact(output_uri, run_id=run_id)
+        """Merge each partition's small files (every upload-event run adds some) and move their
+        lineage to the merged files, then vacuum files older than the retention; returns how
+        many files were merged away."""
+        from results_store import dataset
+        from valence_pipeline.settings import get_settings
+
+        commits = dataset.compact(output_uri)
         with self.store.session_scope() as s:
-            repo.record_parquet_commit(s, result)
-        return len(result.removed)
+            repo.record_dataset_commit(s, commits)
+        dataset.vacuum(output_uri, retention_days=get_settings().dataset_retention_days)
+        log.info("dataset compaction for run %s: %d commit(s)", run_id, len(commits))
+        return sum(len(c.removed) for c in commits)
 
     # --- what a run did ------------------------------------------------------------------
     def run_files(self, run_id: str) -> list[dict[str, Any]]:

@@ -58,8 +58,13 @@ class Settings(BaseSettings):
         "it can hold a password; read it with `.get_secret_value()`, print it with `safe_url`.",
     )
     output_uri: str = Field(
-        default=str(DEFAULT_HOME / "parquet"),
-        description="Parquet dataset root: a local folder or an s3://bucket/prefix.",
+        default=str(DEFAULT_HOME / "dataset"),
+        description="Dataset root (one Delta Lake table per result table): a local folder or an s3://bucket/prefix.",
+    )
+    dataset_retention_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="The nightly compaction vacuums dataset files no table version of the last N days needs.",
     )
     valence_model: Literal["4emotions", "7emotions"] = "4emotions"
     providers: list[Provider] = Field(default_factory=lambda: list[Provider](["valence", "valsea"]))

@@ -1,5 +1,6 @@
-"""The nightly run compacts the Parquet dataset: the small files that upload-event runs add
-during the day are merged per partition, and lineage follows the rows to the merged files."""
+"""The nightly run compacts the dataset's Delta tables: the small files that upload-event runs
+add during the day are merged per partition, lineage follows the rows to the merged files, and
+files older than the retention are vacuumed."""
 
 from __future__ import annotations
 
@@ -22,15 +23,11 @@ TABLES = {
 
 
 def live_files(out: Path) -> Counter[str]:
-    """Files per table partition in the dataset's current snapshot."""
+    """Files per table partition in each table's current version."""
+    from results_store.dataset import file_uris
     from results_store.models import DATASET_TABLES
-    from results_store.parquet import load_snapshot
-    from results_store.storage import open_location
 
-    snap = load_snapshot(open_location(str(out)))
-    return Counter(
-        f"{table}/{sorted(f.partition.items())}" for table in DATASET_TABLES for f in snap.table_files(table)
-    )
+    return Counter(uri.rsplit("/", 1)[0] for table in DATASET_TABLES for uri in file_uris(str(out), table))
 
 
 def parquet_lineage(database_url: str) -> list[tuple[str, Any]]:
@@ -48,14 +45,15 @@ def test_nightly_run_merges_the_days_event_files_and_lineage_follows(
     tmp_path: Path,
 ) -> None:
     from flows.ingest import nightly_ingest, process_recordings, run_to_result
-    from results_store.parquet import read_table
+    from results_store.dataset import read_table
     from valence_pipeline.runtime import reset_runtime
 
     samples = tuple(SampleRecording(f"ev/call-{i}.wav", 12 + i) for i in range(3))
     upload_samples(s3_client, bucket, samples)
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
-    out = tmp_path / "parquet"
-    configure(monkeypatch, seaweedfs, emu, database_url, out)
+    out = tmp_path / "dataset"
+    # Retention 0: the nightly vacuum deletes every file the compaction replaced.
+    configure(monkeypatch, seaweedfs, emu, database_url, out, VALENCE_PIPELINE_DATASET_RETENTION_DAYS="0")
     for sample in samples:  # three upload events: three runs, three files per partition
         reset_runtime()
         run_to_result(process_recordings, uris=[f"s3://{bucket}/{sample.key}"], trigger="event")
@@ -75,3 +73,6 @@ def test_nightly_run_merges_the_days_event_files_and_lineage_follows(
     current = {uri for uri, superseded in parquet_lineage(database_url) if superseded is None}
     assert current and all(Path(uri).is_file() for uri in current)
     assert len(current) == len(after)
+    # Retention 0: the merged-away files are gone from disk, not only from the table.
+    on_disk = {str(p) for p in out.rglob("*.parquet") if "_delta_log" not in p.parts}
+    assert on_disk == current

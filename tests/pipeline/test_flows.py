@@ -61,8 +61,8 @@ def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
     assert first["valsea_job"] == 4
     assert first["valence_async"] + first["valence_discrete"] == 4
 
-    # The Parquet dataset and the database agree row for row.
-    from results_store.parquet import read_table
+    # The dataset (Delta tables) and the database agree row for row.
+    from results_store.dataset import read_table
 
     segments = read_table(str(tmp_path / "parquet"), "emotion_segments")
     assert segments.num_rows == count(database_url, "emotion_segments") > 0

@@ -162,7 +162,7 @@ def test_killed_ten_times_the_night_ends_as_if_never_killed_and_pays_once(
     )
     assert jobs == calls
     # The dataset holds each stored row once, and nothing half-written is visible.
-    from results_store.parquet import read_table
+    from results_store.dataset import read_table
 
     dataset = str(tmp_path / "killed" / "dataset")
     assert read_table(dataset, "emotion_segments").num_rows == len(expected["emotions"])

@@ -1,10 +1,11 @@
-"""The three ways people read the dataset, used to check what each one sees.
+"""Two engines reading the dataset's Delta tables, used to check that both see the same rows.
 
-* `read_table`: our reader, over the committed file list in the log.
-* plain pyarrow: `pyarrow.dataset` over a table folder, Hive partitioning, no log.
-* plain DuckDB: `read_parquet('<table>/**/*.parquet', hive_partitioning=true)` on a local
-  folder. DuckDB's httpfs extension cannot be downloaded here, so on S3 DuckDB queries the
-  plain pyarrow dataset (still no log involved).
+* deltalake: `DeltaTable(...).to_pyarrow_table()`, delta-rs's own reader (through
+  `dataset.read_table`, optionally as of a version).
+* DuckDB: SQL over exactly the Parquet files the Delta log lists for that version, read by
+  DuckDB's own Parquet reader (`read_parquet([...], hive_partitioning=true)`) on a local
+  folder. DuckDB's httpfs/delta extensions cannot be downloaded here, so on S3 DuckDB queries
+  a pyarrow dataset over the same listed files (pyarrow's S3 filesystem, not delta-rs's).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
-from results_store import parquet
+from results_store import dataset
 from results_store.models import DATASET_TABLES
 from results_store.storage import s3_filesystem
 
@@ -29,44 +29,27 @@ KEY_COLUMNS = {
 }
 
 
-def plain_dataset(output_uri: str, table: str) -> ds.Dataset | None:
-    """`pyarrow.dataset` straight over the table folder; None if the folder has no files."""
-    if output_uri.startswith("s3://"):
-        fs: pafs.FileSystem = s3_filesystem()
-        path = f"{output_uri[len('s3://') :].rstrip('/')}/{table}"
-    else:
-        fs, path = pafs.LocalFileSystem(), f"{output_uri.rstrip('/')}/{table}"
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    schema = DATASET_TABLES[table].read_schema
-    partitioning = ds.partitioning(
-        pa.schema([schema.field(n) for n in DATASET_TABLES[table].partition_by]), flavor="hive"
-    )
-    return ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning, schema=schema)
-
-
-def plain_pyarrow(output_uri: str, table: str) -> pa.Table:
-    dataset = plain_dataset(output_uri, table)
-    return DATASET_TABLES[table].read_schema.empty_table() if dataset is None else dataset.to_table()
-
-
-def plain_duckdb_keys(output_uri: str, table: str) -> list[tuple[Any, ...]]:
+def duckdb_keys(output_uri: str, table: str, *, version: int | None = None) -> list[tuple[Any, ...]]:
+    """Key columns of every row, read by DuckDB from the files the log lists."""
+    files = dataset.file_uris(output_uri, table, version=version)
+    if not files:
+        return []
     columns = ", ".join(KEY_COLUMNS[table])
     con = duckdb.connect()
     try:
         if output_uri.startswith("s3://"):
-            arrow_dataset = plain_dataset(output_uri, table)
-            if arrow_dataset is None:
-                return []
-            con.register("t", arrow_dataset)
+            spec = DATASET_TABLES[table]
+            partitioning = ds.partitioning(
+                pa.schema([spec.read_schema.field(n) for n in spec.partition_by]), flavor="hive"
+            )
+            paths = [f.removeprefix("s3://") for f in files]
+            arrow = ds.dataset(paths, filesystem=s3_filesystem(), format="parquet", partitioning=partitioning)
+            con.register("t", arrow)
             return con.execute(f"select {columns} from t").fetchall()  # noqa: S608 - fixed column names
-        glob = f"{output_uri.rstrip('/')}/{table}/**/*.parquet"
-        try:
-            return con.execute(
-                f"select {columns} from read_parquet('{glob}', hive_partitioning=true)"  # noqa: S608 - test paths
-            ).fetchall()
-        except duckdb.IOException:  # no files match the glob yet
-            return []
+        return con.execute(
+            f"select {columns} from read_parquet(?, hive_partitioning=true)",  # noqa: S608 - fixed columns
+            [files],
+        ).fetchall()
     finally:
         con.close()
 
@@ -76,12 +59,13 @@ def keys(data: pa.Table, table: str) -> list[tuple[Any, ...]]:
     return list(zip(*cols, strict=True))
 
 
-def all_readers_keys(output_uri: str, table: str) -> dict[str, list[tuple[Any, ...]]]:
-    """The row keys each reader sees, sorted."""
+def all_readers_keys(
+    output_uri: str, table: str, *, version: int | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The row keys each engine sees, sorted."""
     return {
-        "read_table": sorted(keys(parquet.read_table(output_uri, table), table)),
-        "pyarrow": sorted(keys(plain_pyarrow(output_uri, table), table)),
-        "duckdb": sorted(plain_duckdb_keys(output_uri, table)),
+        "deltalake": sorted(keys(dataset.read_table(output_uri, table, version=version), table)),
+        "duckdb": sorted(duckdb_keys(output_uri, table, version=version)),
     }
 
 

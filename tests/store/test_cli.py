@@ -54,6 +54,7 @@ def test_lineage_prints_version_jobs_outputs_and_run(
     assert f"db emotion_segments, 3 row(s): db:emotion_segments?job_id={processed['valence']}" in out
     assert f"parquet emotion_segments, 3 row(s): {local_output_uri}/emotion_segments/processing_date=" in out
     assert "parquet recordings, 1 row(s)" in out
+    assert ".parquet (delta version 1) (run " in out  # the table version holding those rows
     assert (
         f"{RUN_ID}: schedule run of nightly, completed" in out
         and "code abc1234, settings f00dfeedf00dfeed" in out
@@ -120,3 +121,38 @@ def test_queries_default_to_the_settings_database(
     finally:
         get_settings.cache_clear()
     assert code == 0 and out.startswith(URI)
+
+
+def test_dataset_show_reads_the_newest_version_or_an_earlier_one(
+    processed: dict[str, int], local_output_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from results_store import dataset
+
+    from .factories import segment_records
+
+    with dataset.DatasetWriter(local_output_uri, "run-later") as writer:
+        writer.add_emotion_segments(segment_records(99, 990, 2))
+    args = ["dataset", "show", "emotion_segments", "--output-uri", local_output_uri]
+    args += ["--columns", "recording_id,segment_index,run_id"]
+    code, out, _ = run_cli(args, capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[:2] == [
+        "# emotion_segments version 2: 8 row(s)",
+        "recording_id\tsegment_index\trun_id",
+    ]
+    assert sorted(lines[2:])[-1] == "99\t1\trun-later"
+    code, out, _ = run_cli([*args, "--as-of-version", "1"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "# emotion_segments version 1: 6 row(s)"
+    assert {line.split("\t")[2] for line in lines[2:]} == {RUN_ID}
+    code, out, _ = run_cli(
+        ["dataset", "history", "emotion_segments", "--output-uri", local_output_uri], capsys
+    )
+    assert code == 0 and [line.split("\t")[2] for line in out.splitlines()] == [
+        "MERGE",
+        "MERGE",
+        "CREATE TABLE",
+    ]
+    assert out.splitlines()[0].endswith("run run-later")
+    code, _, err = run_cli([*args[:2], "nonsense", "--output-uri", local_output_uri], capsys)
+    assert code == 2 and "unknown table 'nonsense'" in err
