@@ -201,7 +201,8 @@ _LINEAGE_FIELDS = [
 _JOB_FIELDS = [
     pa.field("provider_job_id", pa.int64(), nullable=False),
     pa.field("external_job_id", pa.string(), nullable=False),
-    pa.field("model", pa.string(), nullable=False),
+    # Null for a Valence async job whose result did not say which model produced it.
+    pa.field("model", pa.string()),
     pa.field("channel", pa.int16()),
 ]
 _RUN_FIELD = pa.field("run_id", pa.string(), nullable=False)
@@ -334,7 +335,9 @@ class ProviderJob(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     recording_id: Mapped[int] = mapped_column(sa.ForeignKey("recordings.id", ondelete="CASCADE"))
     provider: Mapped[Provider] = mapped_column(_enum(Provider, "provider"))
-    model: Mapped[str] = mapped_column(sa.String(64))
+    # The model that produced the result. A Valence async upload names none (nor does the
+    # public SDK): NULL until the timeline shows which (see `repository.save_timelines`).
+    model: Mapped[str | None] = mapped_column(sa.String(64))
     external_id: Mapped[str] = mapped_column(sa.String(255))
     channel: Mapped[int | None] = mapped_column(sa.SmallInteger)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
@@ -371,7 +374,7 @@ class EmotionSegmentRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     segment_index: int
     start_s: float
@@ -424,7 +427,7 @@ class ProsodySummaryRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     frustration: float
     stress: float
@@ -480,7 +483,7 @@ class ProsodyUtteranceRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     utterance_index: int
     text: str

@@ -95,7 +95,11 @@ class PipelineStore:
     def latest_job(self, item: WorkItem) -> JobRef | None:
         with self.store.session_scope() as s:
             return repo.find_resumable_job(
-                s, item.recording_id, Provider(item.provider), model=item.model, channel=item.channel
+                s,
+                item.recording_id,
+                Provider(item.provider),
+                model=item.requested_model,
+                channel=item.channel,
             )
 
     def record_job(self, item: WorkItem, *, external_id: str, status: str, **run_ids: str | None) -> int:
@@ -104,7 +108,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=external_id,
             status=job_status,
             channel=item.channel,
@@ -124,7 +128,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=external_id,
             status=JobStatus.FAILED,
             channel=item.channel,
