@@ -131,6 +131,18 @@ def _upsert(
     return out
 
 
+def upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+) -> None:
+    """Idempotent bulk write on a natural key, for tables kept by other rooms (analytics)."""
+    _upsert(session, model, rows, key=key, update=update)
+
+
 def _bulk_upsert(
     session: Session,
     model: type[Any],
@@ -749,6 +761,12 @@ def _current_jobs(session: Session, recording_ids: Sequence[int]) -> dict[int, l
         rid: sorted(slot.values(), key=lambda j: (j.provider.value, _channel_order(j.channel)))
         for rid, slot in chosen.items()
     }
+
+
+def current_jobs(session: Session, recording_ids: Sequence[int]) -> dict[int, list[ProviderJob]]:
+    """The jobs whose results stand for each recording (see `_current_jobs`), for readers such
+    as the per-call analytics."""
+    return _current_jobs(session, recording_ids)
 
 
 def _keep_newest(slot: dict[tuple[Provider, int | None], ProviderJob], job: ProviderJob) -> None:
