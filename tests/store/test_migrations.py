@@ -84,7 +84,7 @@ def test_database_behind_newer_code_is_refused_until_upgraded(
     head = db.head_revision()
     scripts = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test_only.py").write_text(EXTRA_REVISION.replace("{head}", head))
+    (scripts / "versions" / "9999_test_only.py").write_text(EXTRA_REVISION.replace("{head}", head))
     monkeypatch.setattr(db, "MIGRATIONS_DIR", scripts)
 
     with pytest.raises(db.SchemaBehindError) as err:
