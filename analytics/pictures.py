@@ -40,6 +40,8 @@ EMOTION_COLOURS: dict[str, str] = {
 OTHER_COLOUR = "#9467bd"
 LOW_CONFIDENCE_COLOUR = "#eeeeee"
 DPI = 100
+MIN_LABEL_FRACTION = 0.06
+"""An utterance gets its label when it spans at least this fraction of the picture's width."""
 
 
 def colour(emotion: str) -> str:
@@ -70,7 +72,7 @@ def timeline_png(
         if channel is None and not segments and len(data.segments) == 1:
             segments = next(iter(data.segments.values()))
         _draw_segments(ax, segments, min_confidence, seen)
-        _draw_utterances(ax, data.utterances.get(channel, []))
+        _draw_utterances(ax, data.utterances.get(channel, []), end)
         name = "call" if channel is None else f"ch{channel} {(roles or {}).get(str(channel), '')}".strip()
         ax.set_yticks([1.5, 0.5], [f"{name}\nemotion", "prosody"])
         ax.set_ylim(0, 2)
@@ -88,26 +90,28 @@ def timeline_png(
 
 
 def _draw_segments(ax: plt.Axes, segments: Sequence[Segment], min_confidence: float, seen: set[str]) -> None:
+    # One collection per colour, not one per segment: an hour is 720 segments per channel.
+    spans: dict[str, list[tuple[float, float]]] = {}
     for s in segments:
         confident = s.confidence >= min_confidence
         if confident:
             seen.add(s.emotion)
-        ax.broken_barh(
-            [(s.start_s, s.duration_s)],
-            (1.05, 0.9),
-            facecolors=colour(s.emotion) if confident else LOW_CONFIDENCE_COLOUR,
-            edgecolors="white",
-            linewidth=0.5,
-        )
+        key = colour(s.emotion) if confident else LOW_CONFIDENCE_COLOUR
+        spans.setdefault(key, []).append((s.start_s, s.duration_s))
+    edge = "white" if len(segments) <= 120 else "none"  # separators only where they can be seen
+    for face, bars in spans.items():
+        ax.broken_barh(bars, (1.05, 0.9), facecolors=face, edgecolors=edge, linewidth=0.5)
 
 
-def _draw_utterances(ax: plt.Axes, utterances: Sequence[Utterance]) -> None:
+def _draw_utterances(ax: plt.Axes, utterances: Sequence[Utterance], span_s: float) -> None:
+    if not utterances:
+        return
+    bars = [(u.begin_s, u.end_s - u.begin_s) for u in utterances]
+    ax.broken_barh(bars, (0.1, 0.8), facecolors="#dde6f3", edgecolors="#7a8fb3", linewidth=0.5)
+    # Label only utterances wide enough to hold their strongest expression's name.
     for u in utterances:
-        ax.broken_barh(
-            [(u.begin_s, u.end_s - u.begin_s)], (0.1, 0.8), facecolors="#dde6f3", edgecolors="#7a8fb3"
-        )
         top = ranked(u.expressions)[:1]
-        if top:
+        if top and (u.end_s - u.begin_s) >= span_s * MIN_LABEL_FRACTION:
             ax.text(
                 (u.begin_s + u.end_s) / 2, 0.5, top[0], ha="center", va="center", fontsize=7, clip_on=True
             )
