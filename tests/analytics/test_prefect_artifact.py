@@ -7,8 +7,10 @@ A `prefect server start` of its own (SQLite, UI on), stopped by the test.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ def prefect_ui(tmp_path: Path) -> Iterator[str]:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: teardown stops its children too
         )
     try:
         deadline = time.monotonic() + 180
@@ -55,12 +58,14 @@ def prefect_ui(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield base
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_the_ui_shows_the_pictures_of_a_markdown_artifact(prefect_ui: str, tmp_path: Path) -> None:
