@@ -142,13 +142,15 @@ def test_dataset_records_match_the_arrow_schema(store: Any) -> None:
     assert [r.scope for r in records] == ["call", "channel:0", "channel:1"]
     assert records[0].source_uri == "s3://calls/calls/2026-11-21/sales/ann/c-5.wav"
     columns = {f.name for f in CALL_ANALYTICS_TABLE.schema} - {"run_id"}
-    rows = [
-        {k: (list(v.items()) if isinstance(v, dict) else v) for k, v in vars_of(r).items()} | {"run_id": "r"}
-        for r in records
-    ]
+    rows = [vars_of(r) | {"run_id": "r"} for r in records]  # the plain values a table writer gets
     assert set(rows[0]) == columns | {"run_id"}
     table = pa.Table.from_pylist(rows, schema=CALL_ANALYTICS_TABLE.schema)
     assert table.num_rows == 3 and table.column("escalated").to_pylist() == [True, False, True]
+    assert dict(table.column("dimensions")[0].as_py())["agent"] == "ann"
+    assert dict(table.column("emotion_shares")[2].as_py()) == {
+        "angry": pytest.approx(1 / 3),
+        "neutral": pytest.approx(2 / 3),
+    }
 
 
 def vars_of(record: Any) -> dict[str, Any]:
