@@ -154,7 +154,8 @@ def compute_and_store(
     metadata: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
 ) -> list[CallAnalyticsRow]:
-    """Compute and upsert the recording's analytics rows; returns them (call first).
+    """Compute and upsert the recording's analytics rows; returns them (call first), or []
+    when the recording has no stored results.
 
     `metadata` is the object's S3 user metadata when the caller has it; without it a
     recomputation keeps the dimensions stored before (they may have come from metadata).
@@ -168,6 +169,10 @@ def compute_and_store(
             sa.select(CallAnalyticsRow).where(CallAnalyticsRow.recording_id == recording_id)
         ).scalars()
     }
+    if not data.segments and not data.summaries and not data.utterances:
+        # Nothing analysed (rejected, failed, not stored yet): no figures, and none left over.
+        session.execute(sa.delete(CallAnalyticsRow).where(CallAnalyticsRow.recording_id == recording_id))
+        return []
     use_metadata = metadata if settings.dimension_metadata else None
     if use_metadata is None and CALL_SCOPE in previous:
         dims = {**from_key(rec.key, settings.dimension_pattern), **previous[CALL_SCOPE].dimensions}

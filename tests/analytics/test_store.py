@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from analytics import calls_on, compute_and_store, daily_rollup, dataset_records, failures_on
 from analytics.metrics import ranked
 from results_store import repository as repo
-from results_store.models import CALL_ANALYTICS_TABLE, CallAnalyticsRow, RecordingStatus
+from results_store.models import CALL_ANALYTICS_TABLE, CallAnalyticsRow, JobStatus, RecordingStatus
+from results_store.models import ProviderJob as JobRow
 from results_store.records import RecordingIn
 from tests.analytics.calls import CALM_CALL, NEUTRAL_THEN_ANGRY, PROCESSED, prosody, store_call, timeline
 from valence_pipeline.settings import Settings
@@ -155,3 +156,12 @@ def test_dataset_records_match_the_arrow_schema(store: Any) -> None:
 
 def vars_of(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def test_a_recording_without_results_gets_no_figures(store: Any) -> None:
+    with store.session_scope() as s:
+        rid = store_call(s, "calls/2026-11-21/sales/ann/c-6.wav", {None: CALM_CALL})
+        assert len(compute_and_store(s, rid, SETTINGS)) == 1
+        s.execute(sa.update(JobRow).where(JobRow.recording_id == rid).values(status=JobStatus.FAILED))
+        assert compute_and_store(s, rid, SETTINGS) == []
+        assert calls_on(s, DAY) == []
