@@ -63,9 +63,9 @@ def _peak_mib() -> float:
 
 
 def child_pipeline(uri: str) -> dict[str, Any]:
-    from flows.ingest import process_recordings
+    from flows.ingest import process_recordings, run_to_result
 
-    result = process_recordings(uris=[uri], trigger="manual")
+    result = run_to_result(process_recordings, uris=[uri], trigger="manual")
     if result["completed"] != 1:
         raise SystemExit(f"pipeline did not complete the recording: {result['summary']}")
     return {"completed": result["completed"]}

@@ -40,9 +40,10 @@ def _run(args: argparse.Namespace) -> int:
     from valence_pipeline.logs import setup_logging
 
     setup_logging()
-    from flows.ingest import nightly_ingest
+    from flows.ingest import nightly_ingest, run_to_result
 
-    result = nightly_ingest(
+    result = run_to_result(
+        nightly_ingest,
         source=args.source,
         since=args.since,
         max_files=args.max_files,

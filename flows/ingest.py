@@ -1,35 +1,52 @@
-"""The product's flows: find recordings, check them, analyse them with both providers, store.
+"""The product's flows: find recordings, take them through both providers, store, report.
 
 `nightly_ingest` is the scheduled job, `process_recordings` what an upload event runs,
-`retry_failed` and `backfill` are for operators. All four share `process_objects`.
+`retry_failed` and `backfill` are for operators; `process_batch` is one batch of a night on
+the work pool. Every flow reads like the process: open the run, register what it will work
+on, process (pipelined, in the database's states), export the dataset, report, close. A run
+in which files failed ends Failed with the count in its message; it never stops the others.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import time as _time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from prefect import flow, tags, unmapped
+from prefect import flow
 from prefect.runtime import deployment, flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.states import Failed, State
 
-from tasks.discover import discover, resolve
-from tasks.persist import RecordingOutcome, compact_parquet, export_parquet, persist_recording
-from tasks.preflight import preflight
-from tasks.report import Progress, RunSummary, publish_report
-from tasks.runs import close_run, failed_versions, open_run, reuse_known_content
-from tasks.submit import plan_work, submit
-from tasks.wait import await_results
+from tasks.discover import discover, register, resolve
+from tasks.persist import compact_dataset, export_dataset
+from tasks.process import process, sweep
+from tasks.report import build_summary, publish_report
+from tasks.run_logs import send_pipeline_logs_to_prefect
+from tasks.runs import close_run, failed_versions, open_run
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion
-from valence_pipeline.work import JobHandle
 
 log = logging.getLogger(__name__)
 
-# Files in flight per run; the provider limiters, not this, bound the API call rate.
-TASK_RUNNER: Any = ThreadPoolTaskRunner(max_workers=4)
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+class FilesFailed(Exception):
+    """Some files of the run failed: the run's final state carries this, with its counts."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message, result)
+        self.result = result
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _failed(message: str, result: dict[str, Any]) -> State:
+    # A Failed state's data must be an exception (Prefect raises it to whoever asks).
+    return Failed(message=message, data=FilesFailed(message, result))
 
 
 def _today_name(prefix: str) -> str:
@@ -37,83 +54,84 @@ def _today_name(prefix: str) -> str:
 
 
 def process_objects(
-    objects: list[ObjectVersion], run_name: str, trigger: str, max_audio_hours: float | None
-) -> dict[str, Any]:
-    """Preflight -> (reuse | submit) -> wait -> persist -> Parquet -> report, for `objects`."""
+    objects: list[ObjectVersion],
+    run_name: str,
+    trigger: str,
+    max_audio_hours: float | None,
+    *,
+    resend_unknown: bool = False,
+) -> dict[str, Any] | State:
+    """Register `objects`, process them to a final state, export, report."""
+    send_pipeline_logs_to_prefect()
+    run_id = str(flow_run.get_id() or run_name)
+    budget = None if max_audio_hours is None else max_audio_hours * 3600.0
+    open_run(run_id, run_name, trigger, deployment.get_name(), audio_budget_s=budget)
+    try:
+        ids = register(objects, len(objects), run_id)
+        _work(ids, run_id, resend_unknown, run_name)
+        files = export_dataset(run_id, ids)
+    except BaseException:
+        close_run(run_id, {"seen": len(objects)}, failed=True)
+        raise
     rt = runtime()
-    run_id = flow_run.get_id() or run_name
-    open_run(run_id, run_name, trigger, deployment.get_name())
-    summary = RunSummary(run_name=run_name, seen=len(objects))
-    progress = Progress(len(objects) * 2, f"{run_name}: files checked and finished")
+    api = _add(rt.api_stats(), rt.store.child_counts(run_id))
+    summary = build_summary(run_id, run_name, api, files)
+    text = publish_report(summary)
+    close_run(run_id, summary.counts(), failed=summary.failed > 0)
+    result = {"run_id": run_id, "summary": text, **summary.counts()}
+    if summary.failed:
+        log.error("%s: %s", run_name, summary.state_message())
+        return _failed(summary.state_message(), result)
+    return result
 
-    checked = preflight.map(objects, run_id=unmapped(run_id)).result()
-    progress.advance(len(checked))
-    rejected_rows = [
-        {
-            "file": v.obj.uri,
-            "version": v.obj.version_token,
-            "status": "rejected",
-            "jobs": "",
-            "reason": v.reason,
-        }
-        for v, _ in checked
-        if not v.accepted
-    ]
-    summary.rejected.update(v.reject_code or "unknown" for v, _ in checked if not v.accepted)
-    accepted = [(v, rid) for v, rid in checked if v.accepted]
-    accepted, summary.deferred = _within_budget(accepted, max_audio_hours)
 
-    reused = reuse_known_content.map(
-        [v for v, _ in accepted], [rid for _, rid in accepted], run_id=unmapped(run_id)
-    ).result()
-    to_do = [(v, rid) for (v, rid), outcome in zip(accepted, reused, strict=True) if outcome is None]
-    summary.outcomes.extend(o for o in reused if o is not None)
+def _work(ids: list[int], run_id: str, resend_unknown: bool, run_name: str) -> None:
+    """In this process, or as batches on the work pool with this run sweeping behind them."""
+    if not ids:
+        return
+    settings = runtime().settings
+    if not settings.batch_deployment:
+        process(ids, len(ids), run_id, run_id, resend_unknown)
+        return
+    from prefect.deployments import run_deployment
 
-    items = [item for v, rid in to_do for item in plan_work(v, rid, rt.settings)]
-    handles = _submit_all(items)
-    positions = [i for i, h in enumerate(handles) if h.state == "submitted"]
-    if positions:
-        # One task waits for all of them (same order back), instead of a sleeping worker each.
-        waited = await_results([handles[i] for i in positions], len(positions))
-        for i, final in zip(positions, waited, strict=True):
-            handles[i] = final
-
-    by_recording: dict[int, list[JobHandle]] = defaultdict(list)
-    for h in handles:
-        by_recording[h.item.recording_id].append(h)
-    ids = list(by_recording)
-    uris = [by_recording[r][0].item.obj.uri for r in ids]
-    outcomes: list[RecordingOutcome] = (
-        list(
-            persist_recording.map(ids, uris, [by_recording[r] for r in ids], run_id=unmapped(run_id)).result()
+    size = settings.batch_size
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+    runs: list[Any] = [
+        run_deployment(
+            settings.batch_deployment,
+            parameters={"recording_ids": batch, "parent_run_id": run_id, "resend_unknown": resend_unknown},
+            # Named from the moment it is scheduled, not only once a worker starts it.
+            flow_run_name=f"{run_name} batch {i + 1} of {len(batches)}",
+            timeout=0,
         )
-        if ids
-        else []
-    )
-    progress.advance(len(checked))
-    summary.outcomes.extend(outcomes)
-    finished = ids + [rid for (_, rid), o in zip(accepted, reused, strict=True) if o is not None]
-    summary.parquet_files = export_parquet(run_id, finished)
-    summary.api = rt.api_stats()
-    summary.notes = list(rt.flags.notes)
-    text = publish_report(summary, rejected_rows)
-    close_run(run_id, summary.counts())
-    return {"run_id": run_id, "summary": text, **summary.counts()}
+        for i, batch in enumerate(batches)
+    ]
+    log.info("handed %d recordings to the work pool in %d batches", len(ids), len(batches))
+    sweep(ids, len(ids), run_id, _all_final([r.id for r in runs]))
 
 
-def _submit_all(items: list[Any]) -> list[JobHandle]:
-    """Both providers' submissions at once, each task run tagged with its provider (so the UI
-    can filter on `valence` / `valsea`); handles come back in the order of `items`."""
-    pending = []
-    for provider in ("valence", "valsea"):
-        positions = [i for i, item in enumerate(items) if item.provider == provider]
-        if positions:
-            with tags(provider):
-                pending.append((positions, submit.map([items[i] for i in positions])))
-    handles: dict[int, JobHandle] = {}
-    for positions, futures in pending:
-        handles.update(zip(positions, futures.result(), strict=True))
-    return [handles[i] for i in range(len(items))]
+def _all_final(run_ids: list[Any]) -> Callable[[], bool]:
+    """Whether every batch run has ended (asked at most every 5 s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    seen: dict[str, Any] = {"at": 0.0, "done": False}
+
+    def done() -> bool:
+        if seen["done"] or _time.monotonic() - seen["at"] < 5.0:
+            return bool(seen["done"])
+        seen["at"] = _time.monotonic()
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)))
+        seen["done"] = all(r.state is not None and r.state.type.value in FINAL_STATES for r in runs)
+        return bool(seen["done"])
+
+    return done
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
 
 
 def _upload_name() -> str:
@@ -122,57 +140,90 @@ def _upload_name() -> str:
     return f"upload {uris[0]}" if len(uris) == 1 else f"upload {len(uris)} objects"
 
 
-def _within_budget(accepted: list[Any], max_audio_hours: float | None) -> tuple[list[Any], int]:
-    """Keep files in order until the night's audio budget is spent; the rest wait for next time."""
-    if max_audio_hours is None:
-        return accepted, 0
-    kept, total = [], 0.0
-    for verdict, rid in accepted:
-        hours = verdict.info.duration_s / 3600.0
-        if total + hours > max_audio_hours:
-            continue
-        kept.append((verdict, rid))
-        total += hours
-    return kept, len(accepted) - len(kept)
-
-
 def _sources(source: str | list[str]) -> list[str]:
     return [source] if isinstance(source, str) else list(source)
 
 
-@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"), task_runner=TASK_RUNNER)
+@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"))
 def nightly_ingest(
     source: str | list[str],
     since: datetime | None = None,
     max_files: int | None = None,
     max_audio_hours: float | None = None,
     trigger: str = "schedule",
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """The scheduled job: every new or changed recording under `source` (one or more s3:// prefixes)."""
     objects = discover(_sources(source), since=since, max_files=max_files)
     result = process_objects(objects, _today_name("nightly"), trigger, max_audio_hours)
     # Once a night, not per upload event: the day's event runs each added small files.
-    result["parquet_files_compacted"] = compact_parquet(result["run_id"])
+    compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
+    if isinstance(result, State):
+        result.data.result["dataset_files_compacted"] = compacted  # type: ignore[union-attr]
+        return result
+    result["dataset_files_compacted"] = compacted
     return result
 
 
-@flow(name="process-recordings", flow_run_name=_upload_name, task_runner=TASK_RUNNER)
-def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any]:
-    """The given objects (an upload event names one), at their current version."""
+@flow(name="process-recordings", flow_run_name=_upload_name)
+def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any] | State:
+    """The given objects (an upload event names one; `s3://b/k?versionId=V` pins a version)."""
     return process_objects(resolve(uris), _upload_name(), trigger, None)
 
 
-@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), task_runner=TASK_RUNNER)
-def retry_failed(max_files: int | None = None) -> dict[str, Any]:
-    """Recordings that ended failed get another go; jobs that completed are not paid again."""
-    return process_objects(failed_versions(max_files), _today_name("retry-failed"), "manual", None)
+@flow(name="process-batch")  # named by the night when it schedules the run (see `_work`)
+def process_batch(
+    recording_ids: list[int], parent_run_id: str, resend_unknown: bool = False
+) -> dict[str, Any] | State:
+    """One batch of a night, on whichever worker of the pool picked it up."""
+    send_pipeline_logs_to_prefect()
+    batch_id = str(flow_run.get_id())
+    open_run(
+        batch_id, str(flow_run.get_name()), "schedule", deployment.get_name(), parent_run_id=parent_run_id
+    )
+    try:
+        process(recording_ids, len(recording_ids), parent_run_id, batch_id, resend_unknown)
+        export_dataset(batch_id, recording_ids)
+    except BaseException:
+        close_run(batch_id, {}, failed=True)
+        raise
+    rt = runtime()
+    statuses = rt.store.statuses(recording_ids)
+    failed = sum(1 for s in statuses.values() if s == "failed")
+    counts = {"seen": len(recording_ids), "failed": failed, **rt.api_stats()}
+    close_run(batch_id, counts, failed=failed > 0)
+    if failed:
+        return _failed(f"{failed} of {len(recording_ids)} files failed", counts)
+    return counts
 
 
-@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), task_runner=TASK_RUNNER)
-def backfill(source: str | list[str], start: date, end: date, max_files: int | None = None) -> dict[str, Any]:
+@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"))
+def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
+    """Recordings that ended failed get another go; jobs that completed are not paid again, and
+    a submit whose answer was lost is sent again (that is what an operator's retry is for)."""
+    return process_objects(
+        failed_versions(max_files), _today_name("retry-failed"), "manual", None, resend_unknown=True
+    )
+
+
+@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"))
+def backfill(
+    source: str | list[str], start: date, end: date, max_files: int | None = None
+) -> dict[str, Any] | State:
     """Objects last modified in [start, end) that are not finished (an older backlog)."""
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end, time.min, tzinfo=UTC)
     objects = [o for o in discover(_sources(source), since=since) if o.last_modified < until]
     objects = objects[:max_files] if max_files is not None else objects
     return process_objects(objects, f"backfill-{start}-{end}", "backfill", None)
+
+
+def run_to_result(flow_fn: Any, **parameters: Any) -> dict[str, Any]:
+    """Run a flow and return its result whether it completed or ended Failed because files
+    failed (the CLI, the demo and tests read the counts either way); a crash still raises."""
+    state = flow_fn(**parameters, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, FilesFailed):
+        return dict(result.result)
+    if isinstance(result, BaseException):
+        raise result
+    return dict(result)

@@ -82,7 +82,7 @@ def run_demo(workdir: Path, time_scale: float = 600.0) -> int:
 
 def _run_nightly() -> dict[str, Any]:
     # Imported only now: Prefect and the settings must see the environment set above.
-    from flows.ingest import nightly_ingest
+    from flows.ingest import nightly_ingest, run_to_result
     from results_store.db import upgrade
     from valence_pipeline.logs import setup_logging
     from valence_pipeline.runtime import reset_runtime
@@ -92,7 +92,7 @@ def _run_nightly() -> dict[str, Any]:
     reset_runtime()
     setup_logging("WARNING")
     upgrade(get_settings().database_url)
-    return nightly_ingest(source=f"s3://{BUCKET}/", trigger="manual")
+    return run_to_result(nightly_ingest, source=f"s3://{BUCKET}/", trigger="manual")
 
 
 def _print_outcome(workdir: Path, result: dict[str, Any], ledger: dict[str, Any]) -> None:

@@ -79,16 +79,32 @@ def _enum(enum_cls: type[StrEnum], name: str) -> sa.Enum:
 
 
 class RecordingStatus(StrEnum):
+    """Where a recording version is in the pipeline; the database, not a process, knows.
+
+    discovered -> accepted | rejected -> uploading -> submitted -> stored -> completed, or
+    failed (with its reason) from any step; superseded when the object changed under us (the
+    new version is a recording of its own). Each move is an idempotent step any worker may run.
+    """
+
     DISCOVERED = "discovered"
+    ACCEPTED = "accepted"
     REJECTED = "rejected"
     UPLOADING = "uploading"
     SUBMITTED = "submitted"
+    STORED = "stored"
+    """Every job's results are in the database; the analytics dataset does not have them yet."""
     COMPLETED = "completed"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
 
 
-FINISHED_STATUSES = frozenset({RecordingStatus.COMPLETED, RecordingStatus.REJECTED})
+FINISHED_STATUSES = frozenset(
+    {RecordingStatus.COMPLETED, RecordingStatus.REJECTED, RecordingStatus.SUPERSEDED}
+)
 """A recording version in one of these states is not processed again by a re-run."""
+
+TERMINAL_STATUSES = FINISHED_STATUSES | {RecordingStatus.FAILED, RecordingStatus.STORED}
+"""Nothing more to do for this recording in a run (stored ones only wait for the dataset commit)."""
 
 
 class Provider(StrEnum):
@@ -97,10 +113,16 @@ class Provider(StrEnum):
 
 
 class JobStatus(StrEnum):
+    """uploading (the provider's id is stored before any audio goes up) -> submitted -> completed
+    (results stored in the same transaction) | failed; `unknown` when a create call's answer was
+    lost and the provider may or may not have the job (resent only by an operator's retry)."""
+
+    UPLOADING = "uploading"
     SUBMITTED = "submitted"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    UNKNOWN = "unknown"
 
 
 class RunTrigger(StrEnum):
@@ -237,6 +259,12 @@ class PipelineRun(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     code_version: Mapped[str] = mapped_column(sa.String(64))
     settings_hash: Mapped[str] = mapped_column(sa.String(64))
+    parent_run_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    """The night (or upload run) a batch run works for; None for a top-level run."""
+    flags: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """Run-scoped facts every worker of the run obeys (e.g. Valsea out of credits) and notes."""
+    audio_budget_s: Mapped[float | None] = mapped_column(sa.Float)
+    audio_reserved_s: Mapped[float] = mapped_column(sa.Float, default=0.0)
 
 
 class Recording(Base):
@@ -268,6 +296,17 @@ class Recording(Base):
     discovered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # --- the run model: preflight's verdict, who works on it, and when to try again
+    audio: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    """What preflight learned (format, subtype, sample rate, channels, frames)."""
+    route: Mapped[str | None] = mapped_column(sa.String(16))
+    run_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    """The top-level run (night, upload run) that last took this recording on."""
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    """A worker holds the recording until then; an expired lease lets any worker take it over."""
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def uri(self) -> str:
@@ -349,6 +388,54 @@ class ProviderJob(Base):
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     flow_run_id: Mapped[str | None] = mapped_column(sa.ForeignKey("pipeline_runs.flow_run_id"), index=True)
     task_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # --- waiting as data (a harvest of due rows, not a sleeping worker)
+    next_poll_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    polls: Mapped[int] = mapped_column(sa.Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ProviderLimit(Base):
+    """One provider's limit for one window, shared by every worker.
+
+    The limit in force is the smallest of what the settings say (rewritten at each run's start,
+    so a changed setting is never shadowed), what an operator set (`valence-pipeline limits`)
+    and what the provider itself reported (`/v1/rate-limit/status`).
+    """
+
+    __tablename__ = "provider_limits"
+
+    provider: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    window: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    configured: Mapped[int] = mapped_column(sa.Integer)
+    operator: Mapped[int | None] = mapped_column(sa.Integer)
+    server: Mapped[int | None] = mapped_column(sa.Integer)
+
+    @property
+    def effective(self) -> int:
+        return min(v for v in (self.configured, self.operator, self.server) if v is not None)
+
+
+class ProviderPacing(Base):
+    """The row every worker locks to admit a call: one at a time per provider, everywhere."""
+
+    __tablename__ = "provider_pacing"
+
+    provider: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    paused_until: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    """Unix time before which nobody calls (the provider said 429 with Retry-After)."""
+
+
+class ProviderCall(Base):
+    """One admitted call (a sliding log): a window's count is the rows younger than the window."""
+
+    __tablename__ = "provider_calls"
+    __table_args__ = (sa.Index("ix_provider_calls_provider_at", "provider", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    at: Mapped[float] = mapped_column(sa.Float)
+    """Unix time of admission."""
 
 
 class EmotionSegmentRow(Base):

@@ -335,14 +335,19 @@ def is_finished(session: Session, bucket: str, key: str, *, version_id: str | No
 def find_completed_by_sha256(
     session: Session, sha256: str, *, exclude_recording_id: int | None = None
 ) -> RecordingRef | None:
-    """A completed recording with the same bytes that has its own completed provider jobs (the
+    """A recording with the same bytes whose results are stored (completed, or stored and
+    waiting for the dataset commit) and that has its own completed provider jobs (the
     original, not another reuse), newest first; None when the content is new."""
     has_jobs = sa.exists().where(
         ProviderJob.recording_id == Recording.id, ProviderJob.status == JobStatus.COMPLETED
     )
     stmt = (
         sa.select(Recording)
-        .where(Recording.sha256 == sha256, Recording.status == RecordingStatus.COMPLETED, has_jobs)
+        .where(
+            Recording.sha256 == sha256,
+            Recording.status.in_((RecordingStatus.COMPLETED, RecordingStatus.STORED)),
+            has_jobs,
+        )
         .order_by(Recording.processed_at.desc(), Recording.id.desc())
         .limit(1)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from urllib.parse import parse_qs
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -50,6 +51,19 @@ def discover(
 
 
 @task(
+    name="register",
+    task_run_name="register {n} objects",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_policy=NO_CACHE,
+)
+def register(objects: list[ObjectVersion], n: int, run_id: str) -> list[int]:
+    """Put the listed versions in the database (one bulk upsert) and take the unfinished ones
+    on for this run: from here on the database, not this process, knows where each one is."""
+    return runtime().store.register(objects, run_id)
+
+
+@task(
     name="resolve",
     task_run_name="resolve {uris}",
     retries=3,
@@ -57,10 +71,13 @@ def discover(
     cache_policy=NO_CACHE,
 )
 def resolve(uris: list[str]) -> list[ObjectVersion]:
-    """The current version of each given object (what an upload event names)."""
+    """The version of each given object that an upload event names (`s3://b/k?versionId=V`),
+    or its current version."""
     rt = runtime()
     out = []
     for uri in uris:
-        bucket, key = parse_s3_uri(uri)
-        out.append(head_version(rt.s3, bucket, key))
+        base, _, query = uri.partition("?")
+        version_id = parse_qs(query).get("versionId", [None])[0]
+        bucket, key = parse_s3_uri(base)
+        out.append(head_version(rt.s3, bucket, key, version_id))
     return out

@@ -1,7 +1,8 @@
 """Artifacts for the people watching: a run summary, a per-file table, live progress.
 
-Keys are stable (`valence-pipeline-summary`, `valence-pipeline-files`), so the Prefect UI's
-Artifacts page shows the latest summary on top with every earlier one in its history.
+Everything is read back from the database at the end of the run, so the summary's counts and
+the per-file table are the same facts and agree. Keys are stable (`valence-pipeline-summary`,
+`valence-pipeline-files`), so the Prefect UI shows the latest on top with its history.
 """
 
 from __future__ import annotations
@@ -10,131 +11,160 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.persist import RecordingOutcome
 from valence_client.redaction import redact
+from valence_pipeline.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEY = "valence-pipeline-summary"
 FILES_KEY = "valence-pipeline-files"
-PROGRESS_KEY = "valence-pipeline-progress"
+
+_ORDER = {"failed": 0, "rejected": 1, "superseded": 2}
 
 
 @dataclass
 class RunSummary:
     run_name: str
-    seen: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    outcomes: list[RecordingOutcome] = field(default_factory=list)
-    deferred: int = 0
+    files: list[dict[str, Any]]
     api: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    parquet_files: list[str] = field(default_factory=list)
+    emotions: Counter[str] = field(default_factory=Counter)
+    dataset_files: list[str] = field(default_factory=list)
+
+    def _status(self, status: str) -> list[dict[str, Any]]:
+        return [f for f in self.files if f["status"] == status]
 
     @property
     def completed(self) -> int:
-        return sum(o.status == "completed" for o in self.outcomes)
+        return len(self._status("completed")) + len(self._status("stored"))
 
     @property
-    def failed(self) -> Counter[str]:
-        return Counter((o.reason or "unknown").split(":")[0] for o in self.outcomes if o.status == "failed")
+    def deferred(self) -> int:
+        """Accepted but not sent: over the run's audio budget, left for a later run."""
+        return len(self._status("accepted"))
+
+    @property
+    def failed(self) -> int:
+        return len(self._status("failed"))
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return Counter((f["reason"] or "unknown").split(":")[0] for f in self._status("rejected"))
+
+    @property
+    def failed_by_provider(self) -> Counter[str]:
+        """Failed files per provider that failed them (a file may count for both)."""
+        out: Counter[str] = Counter()
+        for f in self._status("failed"):
+            out.update(f["failed_providers"] or ["before any provider call"])
+        return out
+
+    @property
+    def failed_by_reason(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for f in self._status("failed"):
+            out.update({_reason_code(part) for part in (f["reason"] or "unknown").split("; ")})
+        return out
 
     @property
     def audio_hours(self) -> float:
-        return sum(o.duration_s for o in self.outcomes) / 3600.0
+        return sum(f["duration_s"] for f in self.files if f["status"] not in ("rejected",)) / 3600.0
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self) -> dict[str, int]:
         return {
-            "seen": self.seen,
-            "accepted": len(self.outcomes),
+            "seen": len(self.files),
+            "accepted": len(self.files) - sum(self.rejected.values()) - self.deferred,
             "rejected": sum(self.rejected.values()),
             "completed": self.completed,
-            "failed": sum(self.failed.values()),
+            "failed": self.failed,
             "deferred": self.deferred,
             "audio_seconds": round(self.audio_hours * 3600),
             **self.api,
         }
 
+    def state_message(self) -> str:
+        c = self.counts()
+        return f"{c['failed']} of {c['seen']} files failed ({c['completed']} completed, {c['rejected']} rejected)"
+
     def markdown(self) -> str:
-        emotions: Counter[str] = Counter()
-        for o in self.outcomes:
-            emotions.update(o.emotions)
+        c = self.counts()
         lines = [
             f"# {self.run_name}",
             "",
             "| | |",
             "|---|---|",
-            f"| files seen | {self.seen} |",
-            f"| accepted | {len(self.outcomes)} |",
-            f"| rejected | {sum(self.rejected.values())} |",
-            f"| completed | {self.completed} |",
-            f"| failed | {sum(self.failed.values())} |",
-            f"| left for a later run (budget) | {self.deferred} |",
+            f"| files seen | {c['seen']} |",
+            f"| completed | {c['completed']} |",
+            f"| **failed** | **{c['failed']}** |",
+            f"| rejected | {c['rejected']} |",
+            f"| left for a later run (budget) | {c['deferred']} |",
             f"| audio hours | {self.audio_hours:.3f} |",
         ]
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in sorted(self.api.items())]
+        if self.failed:
+            lines += ["", "## Failed files, by provider", ""]
+            lines += [f"- {p}: {n}" for p, n in self.failed_by_provider.most_common()]
+            lines += ["", "## Failed files, by reason", ""]
+            lines += [f"- {r}: {n}" for r, n in self.failed_by_reason.most_common()]
         if self.rejected:
             lines += ["", "## Rejected, by reason", ""] + [
                 f"- {r}: {n}" for r, n in self.rejected.most_common()
             ]
-        if self.failed:
-            lines += ["", "## Failed, by reason", ""] + [f"- {r}: {n}" for r, n in self.failed.most_common()]
-        if emotions:
+        if self.emotions:
             lines += ["", "## Most frequent emotions (confidence >= threshold)", ""]
-            lines += [f"- {e}: {n} segments" for e, n in emotions.most_common(5)]
+            lines += [f"- {e}: {n} segments" for e, n in self.emotions.most_common(5)]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        if self.parquet_files:
-            lines += ["", "## Parquet written", ""] + [f"- `{p}`" for p in self.parquet_files]
+        if self.dataset_files:
+            lines += ["", "## Dataset files written", ""] + [f"- `{p}`" for p in self.dataset_files]
         return redact("\n".join(lines))
 
+    def table(self) -> list[dict[str, str]]:
+        """Failed files first, then rejected, then the rest; the reason right after the status
+        so it is readable without scrolling sideways."""
+        rows = sorted(self.files, key=lambda f: (_ORDER.get(f["status"], 9), f["file"]))
+        return [
+            {
+                "status": f["status"],
+                "reason": redact(f["reason"]),
+                "file": redact(f["file"]),
+                "jobs": ", ".join(f"{k}: {v}" for k, v in f["jobs"].items()),
+            }
+            for f in rows
+        ]
 
-def file_rows(summary: RunSummary, rejected_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = [
-        {
-            "file": o.uri,
-            "version": o.version,
-            "status": o.status,
-            "jobs": ", ".join(f"{k}: {v}" for k, v in o.jobs.items()),
-            "reason": o.reason or "",
-        }
-        for o in summary.outcomes
-    ]
-    return [*rows, *rejected_rows]
+
+def _reason_code(part: str) -> str:
+    """'valsea: provider_failed: ...' -> 'valsea: provider_failed'; 'bad header' stays."""
+    bits = [b.strip() for b in part.split(":")]
+    return ": ".join(bits[:2]) if len(bits) > 2 else bits[0]
+
+
+def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files: list[str]) -> RunSummary:
+    rt = runtime()
+    store = rt.store
+    return RunSummary(
+        run_name=run_name,
+        files=store.run_files(run_id),
+        api=api,
+        notes=list(store.run_flags(run_id).get("notes", [])),
+        emotions=store.emotion_counts(run_id, rt.settings.min_confidence),
+        dataset_files=dataset_files,
+    )
 
 
 @task(name="report", task_run_name="report {summary.run_name}", cache_policy=NO_CACHE)
-def publish_report(summary: RunSummary, rejected_rows: list[dict[str, Any]]) -> str:
+def publish_report(summary: RunSummary) -> str:
     """Publish the summary and the per-file table; returns the markdown (also printed by the CLI)."""
     text = summary.markdown()
     create_markdown_artifact(text, key=SUMMARY_KEY, description=f"Summary of {summary.run_name}")
-    create_table_artifact(
-        [{k: redact(str(v)) for k, v in row.items()} for row in file_rows(summary, rejected_rows)],
-        key=FILES_KEY,
-        description=f"Per-file outcomes of {summary.run_name}",
-    )
+    if summary.files:
+        create_table_artifact(
+            summary.table(), key=FILES_KEY, description=f"Per-file outcomes of {summary.run_name}"
+        )
     return text
-
-
-class Progress:
-    """A progress artifact updated in place while a run works."""
-
-    def __init__(self, total: int, description: str) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.id: UUID = create_progress_artifact(0.0, key=PROGRESS_KEY, description=description)  # type: ignore[assignment]
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        update_progress_artifact(self.id, min(100.0, 100.0 * self.done / self.total))

@@ -199,9 +199,15 @@ class ServerError(ValenceSDKException):
 
 
 class APIConnectionError(ValenceSDKException):
-    """No usable HTTP answer: refused, reset, dropped or timed out. Retryable."""
+    """No usable HTTP answer: refused, reset, dropped or timed out. Retryable.
+
+    `may_have_arrived` is False only when the request certainly never reached the server
+    (refused, connect timeout): for a creating call the difference is whether the provider
+    may now have a job, and bill it, that we never heard about.
+    """
 
     default_retryable = True
+    may_have_arrived: bool = True
 
 
 # --------------------------------------------------------------------------- mapping

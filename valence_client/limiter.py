@@ -1,10 +1,10 @@
 """Client-side pacing per provider, so we slow down before the server has to say 429.
 
-`RateLimiter` is the interface the transport calls; `WindowRateLimiter` is the in-process,
-thread-safe implementation. A later implementation can share one budget between processes
-behind the same three methods.
+`RateLimiter` is the interface the transport calls; `WindowRateLimiter` is the one
+implementation. Where it counts is a `CallLedger`: `MemoryLedger` for one process, or one that
+the pipeline keeps in its database so that every worker shares one budget per provider.
 
-The in-process limiter keeps, per window (second, minute, hour, day), the times of the calls it
+The in-process ledger keeps, per window (second, minute, hour, day), the times of the calls it
 admitted: a token bucket whose tokens come back exactly one window after they were spent. That
 makes the guarantee exact: in ANY interval as long as a window, no more calls are admitted than
 that window's limit (a refilling bucket would let up to twice the limit through at a boundary).
@@ -73,85 +73,74 @@ class _Window:
         return self.admitted[excess - 1] + self.seconds - now
 
 
-class WindowRateLimiter:
-    """Thread-safe limiter over second/minute/hour/day windows with an injectable clock.
+def check_limits(limits: Mapping[str, int]) -> dict[str, int]:
+    for name, limit in limits.items():
+        if name not in WINDOW_SECONDS:
+            raise ValueError(f"unknown rate-limit window {name!r}; expected {sorted(WINDOW_SECONDS)}")
+        if int(limit) < 1:
+            raise ValueError(f"rate limit for {name!r} must be >= 1, got {limit}")
+    return {name: int(limit) for name, limit in limits.items()}
 
-    `clock`/`sleep` must agree (monotonic seconds); `wall_clock` converts Unix-time reset
-    headers. `waits` and `waited_s` count the backpressure applied, for run summaries.
+
+@runtime_checkable
+class CallLedger(Protocol):
+    """Where a limiter keeps its limits and the calls it admitted.
+
+    `MemoryLedger` is this process's; the pipeline plugs in one kept in its database, so that
+    every worker on every machine shares one budget per provider. The pacing rules (windows,
+    pauses, what headers mean) stay in `WindowRateLimiter`: one limiter, two places to count.
     """
 
-    def __init__(
-        self,
-        limits: Mapping[str, int] | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        wall_clock: Callable[[], float] = time.time,
-        name: str = "",
-    ) -> None:
+    def configure(self, limits: Mapping[str, int]) -> None: ...
+
+    def limits(self) -> dict[str, int]: ...
+
+    def try_admit(self, cost: int) -> float:
+        """Count `cost` calls now and return 0.0, or count nothing and return how long to wait."""
+
+    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
+        """The server counted more calls than we did: fill the window up to its count."""
+
+    def pause(self, seconds: float) -> None:
+        """Nobody calls for `seconds` (the server said 429 with Retry-After)."""
+
+
+class MemoryLedger:
+    """One process's count, thread-safe: per window, the times of the calls it admitted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._sleep = sleep
-        self._wall_clock = wall_clock
-        self.name = name
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._paused_until = float("-inf")
-        self.waits = 0
-        self.waited_s = 0.0
-        self.configure(DEFAULT_LIMITS if limits is None else limits)
 
-    @property
+    def configure(self, limits: Mapping[str, int]) -> None:
+        checked = check_limits(limits)
+        with self._lock:
+            for name, limit in checked.items():
+                window = self._windows.get(name)
+                if window is None:
+                    self._windows[name] = _Window(WINDOW_SECONDS[name], limit)
+                else:
+                    window.limit = limit
+
     def limits(self) -> dict[str, int]:
         with self._lock:
             return {name: w.limit for name, w in self._windows.items()}
 
-    def configure(self, limits: Mapping[str, int]) -> None:
+    def try_admit(self, cost: int) -> float:
         with self._lock:
-            for name, limit in limits.items():
-                if name not in WINDOW_SECONDS:
-                    raise ValueError(f"unknown rate-limit window {name!r}; expected {sorted(WINDOW_SECONDS)}")
-                if int(limit) < 1:
-                    raise ValueError(f"rate limit for {name!r} must be >= 1, got {limit}")
-                window = self._windows.get(name)
-                if window is None:
-                    self._windows[name] = _Window(WINDOW_SECONDS[name], int(limit))
-                else:
-                    window.limit = int(limit)
-
-    def acquire(self, cost: int = 1) -> None:
-        if cost < 1:
-            raise ValueError("cost must be >= 1")
-        while True:
-            with self._lock:
-                too_big = [n for n, w in self._windows.items() if cost > w.limit]
-                if too_big:
-                    raise ValueError(
-                        f"cost {cost} exceeds the {too_big[0]} limit; it could never be admitted"
-                    )
-                now = self._clock()
-                wait = self._wait_needed(now, cost)
-                if wait <= 0:
-                    for window in self._windows.values():
-                        window.admitted.extend([now] * cost)
-                    return
-                self.waits += 1
-                self.waited_s += wait
-            logger.debug("rate limiter %s: waiting %.3fs", self.name or "-", wait)
-            self._sleep(max(wait, _MIN_SLEEP))
-
-    def _wait_needed(self, now: float, cost: int) -> float:
-        wait = self._paused_until - now
-        for window in self._windows.values():
-            window.prune(now)
-            wait = max(wait, window.wait_for(now, cost))
-        return wait
+            now = self._clock()
+            wait = self._paused_until - now
+            for window in self._windows.values():
+                window.prune(now)
+                wait = max(wait, window.wait_for(now, cost))
+            if wait <= 0:
+                for window in self._windows.values():
+                    window.admitted.extend([now] * cost)
+            return max(0.0, wait)
 
     def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
-        """Take the server's word that only `remaining` calls are left in `window`.
-
-        If the server counted more calls than we did (other clients share the key), placeholder
-        entries are added that expire when the server's window resets.
-        """
         with self._lock:
             target = self._windows.get(window)
             if target is None:
@@ -167,9 +156,72 @@ class WindowRateLimiter:
             target.admitted = deque(sorted([*target.admitted, *([stamp] * missing)]))
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller for `seconds` (the server asked us to, via Retry-After)."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+class WindowRateLimiter:
+    """Thread-safe limiter over second/minute/hour/day windows with an injectable clock.
+
+    The guarantee is exact: in ANY interval as long as a window, no more calls are admitted
+    than that window's limit. `ledger` is where calls are counted (this process by default);
+    `clock`/`sleep` must agree (monotonic seconds) for the default ledger; `wall_clock`
+    converts Unix-time reset headers. `waits` and `waited_s` count the backpressure applied.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, int] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        name: str = "",
+        ledger: CallLedger | None = None,
+    ) -> None:
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self.name = name
+        self.ledger: CallLedger = ledger if ledger is not None else MemoryLedger(clock)
+        self.waits = 0
+        self.waited_s = 0.0
+        self._stats_lock = threading.Lock()
+        self.configure(DEFAULT_LIMITS if limits is None else limits)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return self.ledger.limits()
+
+    def configure(self, limits: Mapping[str, int]) -> None:
+        self.ledger.configure(limits)
+
+    def acquire(self, cost: int = 1) -> None:
+        if cost < 1:
+            raise ValueError("cost must be >= 1")
+        too_big = [n for n, limit in self.limits.items() if cost > limit]
+        if too_big:
+            raise ValueError(f"cost {cost} exceeds the {too_big[0]} limit; it could never be admitted")
+        while True:
+            wait = self.ledger.try_admit(cost)
+            if wait <= 0:
+                return
+            with self._stats_lock:
+                self.waits += 1
+                self.waited_s += wait
+            logger.debug("rate limiter %s: waiting %.3fs", self.name or "-", wait)
+            self._sleep(max(wait, _MIN_SLEEP))
+
+    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
+        """Take the server's word that only `remaining` calls are left in `window`.
+
+        If the server counted more calls than we did (other clients share the key), placeholder
+        entries are added that expire when the server's window resets.
+        """
+        self.ledger.observe(window, remaining, reset_in_s)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for `seconds` (the server asked us to, via Retry-After)."""
+        self.ledger.pause(seconds)
 
     def update_from_headers(self, headers: Mapping[str, str]) -> None:
         now_wall = self._wall_clock()
@@ -193,10 +245,9 @@ class WindowRateLimiter:
         window = (header(headers, "X-RateLimit-Window") or "").strip().lower() or None
         if window is None:
             limit = header(headers, "X-RateLimit-Limit")
-            with self._lock:
-                matches = [
-                    n for n, w in self._windows.items() if limit is not None and str(w.limit) == limit.strip()
-                ]
+            matches = [
+                n for n, value in self.limits.items() if limit is not None and str(value) == limit.strip()
+            ]
             window = matches[0] if matches else None
         if window is not None:
             self._observe_text(window, remaining, reset)

@@ -314,12 +314,11 @@ class Transport:
             message = (
                 f"{self.provider}: {call.method} {redact_url(call.url)} failed: {type(exc).__name__}: {exc}"
             )
-            return (
-                APIConnectionError(
-                    message, provider=self.provider, request_id=call.request_id, job_id=call.job_id
-                ),
-                before,
+            error = APIConnectionError(
+                message, provider=self.provider, request_id=call.request_id, job_id=call.job_id
             )
+            error.may_have_arrived = not before
+            return error, before
         logger.debug(
             "%s <- %d %s %s in %.3fs",
             self.provider,

@@ -233,12 +233,23 @@ class ValseaClient(ProviderClient):
                 idempotent=False,
                 idempotency_key=idempotency_key,
                 replayable=body.replayable,
+                timeout=self._submit_timeout(body.size),
             )
         finally:
             body.close()
         job = parse(ProsodyJob, answer, provider=PROVIDER, what="submit")
         logger.info("valsea job %s %s", job.job_id, job.status)
         return job
+
+    def _submit_timeout(self, size: int) -> Any:
+        """The answer to a submit comes after the server has taken the whole body in: allow
+        it time in proportion to the size (a second per 8 MiB), so a large file's slow answer
+        is not mistaken for a lost one (whose outcome, unlike a refused call, is unknown)."""
+        timeout = self.transport.timeout
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        if read is None:
+            return timeout
+        return (connect, read + size / (8 * 1024 * 1024))
 
     def status(self, job_id: str) -> ProsodyJob:
         """One look at the job (`queued`, `in_progress`, `completed` or `failed`)."""

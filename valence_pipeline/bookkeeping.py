@@ -1,98 +1,374 @@
-"""The pipeline's one door to the results store.
+"""The pipeline's one door to the results store: every state a recording and a job move through.
 
-Tasks speak in pipeline values (a `Preflight` verdict, a `WorkItem`, provider models); this
-translates them into the store's typed inputs, one short transaction per call, so a task that
-crashes between two calls leaves every earlier fact committed and a re-run resumes from them.
+The database, not a process, knows where each recording is. Each method is one short
+transaction that moves one thing one step, idempotently, so a worker that dies between two
+calls leaves every earlier fact committed and any worker resumes from them:
+
+  recording  discovered -> accepted | rejected -> uploading -> submitted -> stored -> completed
+             (failed with its reason from any step; superseded if the object changed under us)
+  job        uploading (provider id stored before any byte goes up) -> submitted -> completed
+             (results stored in the same transaction) | failed | unknown (create answer lost)
+
+Work is claimed with leases: a recording (or a job being harvested) belongs to one worker until
+its lease runs out, and a worker that stopped renewing loses it to whoever comes next.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
+import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from results_store import repository as repo
 from results_store.db import Store, get_store
-from results_store.models import JobStatus, Provider, Recording, RecordingStatus, RunStatus, RunTrigger
+from results_store.models import (
+    FINISHED_STATUSES,
+    JobStatus,
+    PipelineRun,
+    Provider,
+    ProviderJob,
+    Recording,
+    RecordingStatus,
+    RunStatus,
+    RunTrigger,
+)
 from results_store.parquet import DatasetWriter, compact
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
+from valence_pipeline.audio import AudioInfo
+from valence_pipeline.preflight import Preflight
 from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
-
-if TYPE_CHECKING:
-    from valence_pipeline.preflight import Preflight
-    from valence_pipeline.work import WorkItem
+from valence_pipeline.work import DueJob, RecordingState, WorkItem
 
 log = logging.getLogger(__name__)
+
+IN_FLIGHT = (RecordingStatus.UPLOADING, RecordingStatus.SUBMITTED)
+WAITING_JOBS = (JobStatus.SUBMITTED, JobStatus.PROCESSING)
+JOB_FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.UNKNOWN)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _at(unix: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(unix, dt.UTC)
 
 
 def _version_id(obj: ObjectVersion) -> str | None:
     return obj.version_id if obj.version_id and obj.version_id != NULL_VERSION else None
 
 
+def _obj(rec: Recording) -> ObjectVersion:
+    return ObjectVersion(
+        bucket=rec.bucket,
+        key=rec.key,
+        version_id=rec.version_id or NULL_VERSION,
+        etag=rec.etag,
+        size=rec.size_bytes,
+        last_modified=rec.discovered_at,
+    )
+
+
+def _state(rec: Recording) -> RecordingState:
+    info = AudioInfo(**rec.audio) if rec.audio else None
+    return RecordingState(
+        id=rec.id,
+        obj=_obj(rec),
+        status=rec.status.value,
+        attempts=rec.attempts,
+        info=info,
+        sha256=rec.sha256,
+        route=rec.route,  # type: ignore[arg-type]
+    )
+
+
+def _lease_free(model: Any, worker: str, now: dt.datetime) -> Any:
+    return sa.or_(model.lease_until.is_(None), model.lease_until < now, model.claimed_by == worker)
+
+
 class PipelineStore:
     def __init__(self, url: str) -> None:
         self.store: Store = get_store(url)  # refuses a database whose schema is behind
 
-    # --- recordings ----------------------------------------------------------------------
+    # --- runs ----------------------------------------------------------------------------
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        trigger: str,
+        deployment: str | None,
+        code_version: str,
+        settings_hash: str,
+        parent_run_id: str | None = None,
+        audio_budget_s: float | None = None,
+    ) -> None:
+        run = RunStart(
+            flow_run_id=run_id,
+            trigger=RunTrigger(trigger),
+            code_version=code_version,
+            settings_hash=settings_hash,
+            deployment=deployment,
+        )
+        with self.store.session_scope() as s:
+            repo.start_run(s, run)
+            row = s.get(PipelineRun, run_id)
+            assert row is not None
+            row.parent_run_id = parent_run_id
+            if parent_run_id is None:
+                row.audio_budget_s = audio_budget_s
+
+    def finish_run(self, run_id: str, counts: dict[str, Any], failed: bool = False) -> None:
+        numeric = {
+            k: int(v) for k, v in counts.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        with self.store.session_scope() as s:
+            repo.finish_run(
+                s, run_id, status=RunStatus.FAILED if failed else RunStatus.COMPLETED, counts=numeric
+            )
+
+    def child_counts(self, run_id: str) -> dict[str, int]:
+        """The API counters of a night's batch runs, added up (for the night's summary)."""
+        total: Counter[str] = Counter()
+        with self.store.session_scope() as s:
+            for counts in s.scalars(sa.select(PipelineRun.counts).where(PipelineRun.parent_run_id == run_id)):
+                total.update(
+                    {k: int(v) for k, v in (counts or {}).items() if k.startswith(("valence_", "valsea_"))}
+                )
+        return dict(total)
+
+    def run_flags(self, run_id: str) -> dict[str, Any]:
+        with self.store.session_scope() as s:
+            row = s.get(PipelineRun, run_id)
+            return dict(row.flags or {}) if row is not None else {}
+
+    def set_run_flag(self, run_id: str, flag: str, note: str) -> None:
+        """A run-scoped fact every worker of the run obeys from now on (e.g. Valsea out of
+        credits), with the note the run's summary shows."""
+        with self.store.session_scope() as s:
+            row = s.get(PipelineRun, run_id)
+            if row is None:
+                return
+            flags = dict(row.flags or {})
+            if flags.get(flag):
+                return
+            flags[flag] = True
+            flags["notes"] = [*flags.get("notes", []), note]
+            row.flags = flags
+
+    def reserve_audio(self, run_id: str, seconds: float) -> bool:
+        """Take `seconds` of the run's audio budget; False when it would go over (the recording
+        waits for a later run). One conditional UPDATE, so workers never overspend together."""
+        with self.store.session_scope() as s:
+            result = s.execute(
+                sa.update(PipelineRun)
+                .where(
+                    PipelineRun.flow_run_id == run_id,
+                    sa.or_(
+                        PipelineRun.audio_budget_s.is_(None),
+                        PipelineRun.audio_reserved_s + seconds <= PipelineRun.audio_budget_s,
+                    ),
+                )
+                .values(audio_reserved_s=PipelineRun.audio_reserved_s + seconds)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def close_stale_runs(self, older_than_s: float) -> int:
+        """Runs still `running` long after they could be (their process died): closed as failed
+        with a note, so `pipeline_runs` never shows a dead run as going."""
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+        with self.store.session_scope() as s:
+            rows = s.scalars(
+                sa.select(PipelineRun).where(
+                    PipelineRun.status == RunStatus.RUNNING, PipelineRun.started_at < cutoff
+                )
+            ).all()
+            for row in rows:
+                row.status = RunStatus.FAILED
+                row.ended_at = utcnow()
+                row.counts = {**(row.counts or {}), "stale": 1}
+            return len(rows)
+
+    # --- recordings: discovery and claims -------------------------------------------------
+    def register(self, objects: Sequence[ObjectVersion], run_id: str) -> list[int]:
+        """Record listed object versions (one bulk upsert) and take the unfinished ones on for
+        `run_id`; returns their ids in input order. Finished versions cost nothing more."""
+        recordings = [
+            RecordingIn(
+                bucket=o.bucket,
+                key=o.key,
+                etag=o.etag,
+                size_bytes=o.size,
+                version_id=_version_id(o),
+                discovered_at=o.last_modified,
+            )
+            for o in objects
+        ]
+        with self.store.session_scope() as s:
+            refs = repo.upsert_recordings(s, recordings)
+            todo = [r.id for r in refs if r.status not in FINISHED_STATUSES]
+            for chunk in _chunks(todo, 500):
+                s.execute(sa.update(Recording).where(Recording.id.in_(chunk)).values(run_id=run_id))
+            return todo
+
     def is_finished(self, obj: ObjectVersion) -> bool:
         with self.store.session_scope() as s:
             return repo.is_finished(s, obj.bucket, obj.key, version_id=_version_id(obj), etag=obj.etag)
 
-    def record_preflight(self, verdict: Preflight) -> int:
-        """Upsert the object version with what preflight learned; rejected ones get their reason."""
-        obj, info = verdict.obj, verdict.info
-        rec = RecordingIn(
-            bucket=obj.bucket,
-            key=obj.key,
-            etag=obj.etag,
-            size_bytes=obj.size,
-            version_id=_version_id(obj),
-            sha256=verdict.sha256,
-            content_type=f"audio/{info.format.lower()}" if info else None,
-            duration_s=info.duration_s if info else None,
-            sample_rate=info.samplerate if info else None,
-            channels=info.channels if info else None,
-        )
+    def claim(self, recording_id: int, worker: str, lease_s: float) -> RecordingState | None:
+        """Take the recording for `lease_s` unless another worker holds a live lease; None when
+        someone else has it or there is nothing left to do for it."""
+        now = utcnow()
         with self.store.session_scope() as s:
-            ref = repo.upsert_recording(s, rec)
-            if not verdict.accepted:
-                repo.set_recording_status(s, ref.id, RecordingStatus.REJECTED, reason=verdict.reason)
-            return ref.id
+            claimed = s.execute(
+                sa.update(Recording)
+                .where(Recording.id == recording_id, _lease_free(Recording, worker, now))
+                .values(claimed_by=worker, lease_until=now + dt.timedelta(seconds=lease_s))
+            ).rowcount  # type: ignore[attr-defined]
+            if not claimed:
+                return None
+            rec = s.get(Recording, recording_id)
+            assert rec is not None
+            return _state(rec)
 
-    def finish_recording(self, recording_id: int, status: str, reason: str | None) -> None:
+    def renew(self, recording_ids: Iterable[int], worker: str, lease_s: float) -> None:
+        until = utcnow() + dt.timedelta(seconds=lease_s)
+        ids = list(recording_ids)
+        with self.store.session_scope() as s:
+            for chunk in _chunks(ids, 500):
+                s.execute(
+                    sa.update(Recording)
+                    .where(Recording.id.in_(chunk), Recording.claimed_by == worker)
+                    .values(lease_until=until)
+                )
+
+    def release(self, recording_id: int, worker: str) -> None:
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(Recording)
+                .where(Recording.id == recording_id, Recording.claimed_by == worker)
+                .values(claimed_by=None, lease_until=None)
+            )
+
+    def unclaimed(
+        self, recording_ids: Sequence[int], worker: str, *, abandoned_only: bool = False
+    ) -> list[int]:
+        """Those of `recording_ids` with work left that nobody else holds: never taken on, or
+        whose worker stopped renewing its lease (it died). `abandoned_only` keeps the second
+        kind. The caller takes them over."""
+        now = utcnow()
+        expired = sa.and_(Recording.claimed_by != worker, Recording.lease_until < now)
+        free = expired if abandoned_only else sa.or_(Recording.claimed_by.is_(None), expired)
+        out: list[int] = []
+        with self.store.session_scope() as s:
+            for chunk in _chunks(list(recording_ids), 500):
+                out += s.scalars(
+                    sa.select(Recording.id).where(
+                        Recording.id.in_(chunk), Recording.status.not_in(_TERMINAL), free
+                    )
+                ).all()
+        return out
+
+    def statuses(self, recording_ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        with self.store.session_scope() as s:
+            for chunk in _chunks(list(recording_ids), 500):
+                out.update(
+                    (rid, status.value)
+                    for rid, status in s.execute(
+                        sa.select(Recording.id, Recording.status).where(Recording.id.in_(chunk))
+                    ).all()
+                )
+        return out
+
+    # --- recordings: steps ----------------------------------------------------------------
+    def record_verdict(self, recording_id: int, verdict: Preflight) -> None:
+        """Preflight's verdict: accepted (with what it learned) or rejected with its reason."""
+        info = verdict.info
+        with self.store.session_scope() as s:
+            rec = s.get(Recording, recording_id)
+            assert rec is not None
+            if info is not None:
+                rec.audio = dataclasses.asdict(info)
+                rec.content_type = f"audio/{info.format.lower()}"
+                rec.duration_s = info.duration_s
+                rec.sample_rate = info.samplerate
+                rec.channels = info.channels
+            rec.sha256 = verdict.sha256 or rec.sha256
+            rec.route = verdict.route
+            rec.attempts = 0
+            rec.next_attempt_at = None
+            status = RecordingStatus.ACCEPTED if verdict.accepted else RecordingStatus.REJECTED
+            repo.set_recording_status(s, recording_id, status, reason=verdict.reason)
+
+    def set_status(self, recording_id: int, status: str, reason: str | None = None) -> None:
         with self.store.session_scope() as s:
             repo.set_recording_status(s, recording_id, RecordingStatus(status), reason=reason)
 
+    def retry_later(self, recording_id: int, error: str, *, max_attempts: int, delay_s: float) -> bool:
+        """A step failed with an error that may pass: count the attempt and say when to try
+        again; True if it will be retried, False when the attempts are spent (then failed)."""
+        with self.store.session_scope() as s:
+            rec = s.get(Recording, recording_id)
+            assert rec is not None
+            rec.attempts += 1
+            if rec.attempts < max_attempts:
+                rec.next_attempt_at = utcnow() + dt.timedelta(seconds=delay_s)
+                return True
+            repo.set_recording_status(
+                s, recording_id, RecordingStatus.FAILED, reason=f"{error} (after {rec.attempts} attempts)"
+            )
+            return False
+
+    def fail(self, recording_id: int, reason: str) -> None:
+        with self.store.session_scope() as s:
+            repo.set_recording_status(s, recording_id, RecordingStatus.FAILED, reason=reason)
+
     def reuse_results(self, recording_id: int, sha256: str, run_id: str) -> str | None:
-        """Link to a completed recording with the same bytes; returns its URI, or None."""
+        """Link to a recording with the same bytes whose results are stored; returns its URI."""
         with self.store.session_scope() as s:
             source = repo.find_completed_by_sha256(s, sha256, exclude_recording_id=recording_id)
             if source is None:
                 return None
             repo.record_reuse(s, recording_id=recording_id, source_recording_id=source.id, flow_run_id=run_id)
+            # Stored, not completed: the dataset commit still has to take it in.
+            repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
             return f"s3://{source.bucket}/{source.key}"
+
+    def take_content(self, recording_id: int, sha256: str) -> str | None:
+        """Become the one recording that takes these bytes to the providers, unless another
+        recording with the same bytes already is (returns its URI: wait for its results).
+
+        Every recording with this checksum is locked in id order first (PostgreSQL; SQLite
+        holds the write lock), so two workers checking twins at once cannot both go ahead."""
+        with self.store.session_scope() as s:
+            rows = s.execute(
+                sa.select(Recording.id, Recording.status, Recording.bucket, Recording.key)
+                .where(Recording.sha256 == sha256)
+                .order_by(Recording.id)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                if row.id != recording_id and row.status in IN_FLIGHT:
+                    return f"s3://{row.bucket}/{row.key}"
+            repo.set_recording_status(s, recording_id, RecordingStatus.UPLOADING)
+            return None
 
     def failed_object_versions(self, limit: int | None) -> list[ObjectVersion]:
         query = sa.select(Recording).where(Recording.status == RecordingStatus.FAILED).order_by(Recording.id)
         with self.store.session_scope() as s:
-            rows = s.scalars(query.limit(limit) if limit else query).all()
-            return [
-                ObjectVersion(
-                    bucket=r.bucket,
-                    key=r.key,
-                    version_id=r.version_id or NULL_VERSION,
-                    etag=r.etag,
-                    size=r.size_bytes,
-                    last_modified=r.discovered_at,
-                )
-                for r in rows
-            ]
+            return [_obj(r) for r in s.scalars(query.limit(limit) if limit else query).all()]
 
-    # --- provider jobs -------------------------------------------------------------------
+    # --- provider jobs --------------------------------------------------------------------
     def latest_job(self, item: WorkItem) -> JobRef | None:
+        """The newest job for this call that did not fail: resumed, never paid again."""
         with self.store.session_scope() as s:
             return repo.find_resumable_job(
                 s,
@@ -102,62 +378,288 @@ class PipelineStore:
                 channel=item.channel,
             )
 
-    def record_job(self, item: WorkItem, *, external_id: str, status: str, **run_ids: str | None) -> int:
+    def record_job(
+        self,
+        item: WorkItem,
+        *,
+        external_id: str,
+        status: JobStatus,
+        run_id: str | None,
+        next_poll_at: float | None,
+        attempts: int = 1,
+    ) -> int:
         """Store a job the moment its provider id is known; moves the recording along too."""
-        job_status = JobStatus.COMPLETED if status == "completed" else JobStatus.SUBMITTED
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
             model=item.requested_model,
             external_id=external_id,
-            status=job_status,
+            status=status,
             channel=item.channel,
-            **run_ids,  # type: ignore[arg-type]
+            attempts=attempts,
+            flow_run_id=run_id,
         )
         with self.store.session_scope() as s:
             job_id = repo.upsert_provider_job(s, job)
-            stage = RecordingStatus.UPLOADING if status == "uploading" else RecordingStatus.SUBMITTED
-            repo.set_recording_status(s, item.recording_id, stage)
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(next_poll_at=None if next_poll_at is None else _at(next_poll_at))
+            )
+            stage = RecordingStatus.UPLOADING if status == JobStatus.UPLOADING else RecordingStatus.SUBMITTED
+            rec = s.get(Recording, item.recording_id)
+            assert rec is not None
+            if rec.status in (RecordingStatus.ACCEPTED, RecordingStatus.UPLOADING, RecordingStatus.FAILED):
+                repo.set_recording_status(s, item.recording_id, stage)
             return job_id
 
+    def job_submitted(self, job_id: int, next_poll_at: float) -> None:
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(status=JobStatus.SUBMITTED, next_poll_at=_at(next_poll_at), updated_at=utcnow())
+            )
+
     def record_failure(
-        self, item: WorkItem, *, error_code: str, error_message: str, **run_ids: str | None
+        self, item: WorkItem, *, error_code: str, error_message: str, run_id: str | None
     ) -> int:
         """A call that failed before the provider gave it an id still gets a row (and a reason)."""
-        external_id = f"unsubmitted:{uuid.uuid4()}"
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
             model=item.requested_model,
-            external_id=external_id,
+            external_id=f"unsubmitted:{uuid.uuid4()}",
             status=JobStatus.FAILED,
             channel=item.channel,
             error_code=error_code,
             error_message=error_message[:2000],
-            **run_ids,  # type: ignore[arg-type]
+            flow_run_id=run_id,
         )
         with self.store.session_scope() as s:
             return repo.upsert_provider_job(s, job)
 
-    def update_job(
-        self, job_id: int, *, status: str, error_code: str | None = None, error_message: str | None = None
-    ) -> None:
+    def record_unknown(self, item: WorkItem, *, message: str, run_id: str | None) -> int:
+        """A create call whose answer was lost: the provider may have the job (and bill it).
+        Not sent again by this run; `retry_failed` (or the auto-resend setting) decides."""
+        job = JobIn(
+            recording_id=item.recording_id,
+            provider=Provider(item.provider),
+            model=item.requested_model,
+            external_id=f"unknown:{uuid.uuid4()}",
+            status=JobStatus.UNKNOWN,
+            channel=item.channel,
+            error_code="outcome_unknown",
+            error_message=message[:2000],
+            flow_run_id=run_id,
+        )
         with self.store.session_scope() as s:
-            repo.update_job(
-                s, job_id, status=JobStatus(status), error_code=error_code, error_message=error_message
+            return repo.upsert_provider_job(s, job)
+
+    def unknown_job(self, item: WorkItem) -> bool:
+        """Whether this call's last attempt has an unknown outcome (and nothing newer exists)."""
+        channel_match = (
+            ProviderJob.channel.is_(None) if item.channel is None else ProviderJob.channel == item.channel
+        )
+        with self.store.session_scope() as s:
+            newest = s.execute(
+                sa.select(ProviderJob.status)
+                .where(
+                    ProviderJob.recording_id == item.recording_id,
+                    ProviderJob.provider == Provider(item.provider),
+                    channel_match,
+                )
+                .order_by(ProviderJob.submitted_at.desc(), ProviderJob.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            return newest == JobStatus.UNKNOWN
+
+    def store_discrete(self, item: WorkItem, external_id: str, segment: EmotionSegment, run_id: str) -> int:
+        """A discrete answer is the result itself: job and its one segment in one transaction,
+        so a crash right after never pays for it again."""
+        job = JobIn(
+            recording_id=item.recording_id,
+            provider=Provider(item.provider),
+            model=item.requested_model,
+            external_id=external_id,
+            status=JobStatus.COMPLETED,
+            channel=item.channel,
+            flow_run_id=run_id,
+        )
+        with self.store.session_scope() as s:
+            job_id = repo.upsert_provider_job(s, job)
+            repo.update_job(s, job_id, status=JobStatus.COMPLETED)
+            repo.save_emotion_segments(s, job_id, [segment], flow_run_id=run_id)
+            return job_id
+
+    def claim_due_jobs(self, worker: str, lease_s: float, limit: int) -> list[DueJob]:
+        """Jobs whose result is due to be asked for, claimed for `lease_s` (a harvest)."""
+        now = utcnow()
+        until = now + dt.timedelta(seconds=lease_s)
+        with self.store.session_scope() as s:
+            rows = s.execute(
+                sa.select(ProviderJob, Recording.duration_s)
+                .join(Recording, Recording.id == ProviderJob.recording_id)
+                .where(
+                    ProviderJob.status.in_(WAITING_JOBS),
+                    ProviderJob.next_poll_at <= now,
+                    _lease_free(ProviderJob, worker, now),
+                )
+                .order_by(ProviderJob.next_poll_at)
+                .limit(limit)
+            ).all()
+            claimed: list[DueJob] = []
+            for job, duration in rows:
+                got = s.execute(
+                    sa.update(ProviderJob)
+                    .where(ProviderJob.id == job.id, _lease_free(ProviderJob, worker, now))
+                    .values(claimed_by=worker, lease_until=until)
+                ).rowcount  # type: ignore[attr-defined]
+                if got:
+                    claimed.append(
+                        DueJob(
+                            id=job.id,
+                            recording_id=job.recording_id,
+                            provider=job.provider.value,
+                            external_id=job.external_id,
+                            channel=job.channel,
+                            polls=job.polls,
+                            submitted_at=job.submitted_at.timestamp(),
+                            duration_s=duration or 0.0,
+                            resubmitted=job.attempts > 1,
+                        )
+                    )
+            return claimed
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting job is due (Unix time), for the harvester's sleep."""
+        with self.store.session_scope() as s:
+            due = s.execute(
+                sa.select(sa.func.min(ProviderJob.next_poll_at)).where(ProviderJob.status.in_(WAITING_JOBS))
+            ).scalar_one_or_none()
+            return None if due is None else due.timestamp()
+
+    def poll_again(self, job_id: int, next_poll_at: float, *, processing: bool) -> None:
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(
+                    polls=ProviderJob.polls + 1,
+                    next_poll_at=_at(next_poll_at),
+                    claimed_by=None,
+                    lease_until=None,
+                    **({"status": JobStatus.PROCESSING} if processing else {}),
+                )
             )
 
-    # --- results -------------------------------------------------------------------------
-    def save_emotion_segments(self, job_id: int, segments: list[EmotionSegment], run_id: str) -> None:
+    def complete_job(
+        self,
+        job_id: int,
+        run_id: str,
+        *,
+        segments: Sequence[EmotionSegment] | None = None,
+        prosody: ProsodyResult | None = None,
+    ) -> None:
+        """The provider finished: its results and the job's completion in one transaction."""
         with self.store.session_scope() as s:
-            repo.save_emotion_segments(s, job_id, segments, flow_run_id=run_id)
+            if segments is not None:
+                repo.save_emotion_segments(s, job_id, segments, flow_run_id=run_id)
+            if prosody is not None:
+                repo.save_prosody_result(s, job_id, prosody, flow_run_id=run_id)
+            repo.update_job(s, job_id, status=JobStatus.COMPLETED)
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(polls=ProviderJob.polls + 1, claimed_by=None, lease_until=None, next_poll_at=None)
+            )
 
-    def save_prosody(self, job_id: int, result: ProsodyResult, run_id: str) -> None:
+    def fail_job(self, job_id: int, code: str, message: str) -> None:
         with self.store.session_scope() as s:
-            repo.save_prosody_result(s, job_id, result, flow_run_id=run_id)
+            repo.update_job(s, job_id, status=JobStatus.FAILED, error_code=code, error_message=message)
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(claimed_by=None, lease_until=None, next_poll_at=None)
+            )
+
+    def release_job(self, job_id: int) -> None:
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(claimed_by=None, lease_until=None)
+            )
+
+    def load_recording(self, recording_id: int) -> RecordingState:
+        with self.store.session_scope() as s:
+            rec = s.get(Recording, recording_id)
+            assert rec is not None
+            return _state(rec)
+
+    def finalize(self, recording_id: int, items: Sequence[WorkItem]) -> str | None:
+        """Once every planned call is final: `stored` (all results in the database) or `failed`
+        with each failed call's reason. Returns the new status, or None if calls are pending.
+        Safe to call from anywhere, any number of times (the last job's harvester, a sweep)."""
+        with self.store.session_scope() as s:
+            rec = s.get(Recording, recording_id)
+            assert rec is not None
+            if rec.status not in (*IN_FLIGHT, RecordingStatus.ACCEPTED):
+                return None
+            jobs = s.scalars(
+                sa.select(ProviderJob)
+                .where(ProviderJob.recording_id == recording_id)
+                .order_by(ProviderJob.submitted_at, ProviderJob.id)
+            ).all()
+            newest: dict[tuple[str, int | None], ProviderJob] = {}
+            for job in jobs:
+                newest[(job.provider.value, job.channel)] = job
+            failures: list[str] = []
+            for item in items:
+                last = newest.get(item.slot)
+                if last is None or last.status not in JOB_FINAL:
+                    return None
+                if last.status != JobStatus.COMPLETED:
+                    label = item.provider + (f"/ch{item.channel}" if item.channel is not None else "")
+                    failures.append(f"{label}: {last.error_code}: {last.error_message}")
+            if failures:
+                repo.set_recording_status(s, recording_id, RecordingStatus.FAILED, reason="; ".join(failures))
+                return RecordingStatus.FAILED.value
+            repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
+            return RecordingStatus.STORED.value
+
+    # --- the analytics dataset -----------------------------------------------------------
+    def export_stored(
+        self, run_id: str, output_uri: str, recording_ids: Sequence[int] | None = None
+    ) -> list[str]:
+        """Every recording whose results are stored (this run's, and any a crash left behind)
+        goes to the dataset in one commit, then becomes `completed`; failed ones of
+        `recording_ids` are written too (their recording rows say why)."""
+        with self.store.session_scope() as s:
+            ids = list(s.scalars(sa.select(Recording.id).where(Recording.status == RecordingStatus.STORED)))
+            if recording_ids:
+                failed = set()
+                for chunk in _chunks(list(recording_ids), 500):
+                    failed |= set(
+                        s.scalars(
+                            sa.select(Recording.id).where(
+                                Recording.id.in_(chunk), Recording.status == RecordingStatus.FAILED
+                            )
+                        )
+                    )
+                ids += sorted(failed)
+        files = self.export_run(run_id, ids, output_uri)
+        with self.store.session_scope() as s:
+            for chunk in _chunks(ids, 500):
+                s.execute(
+                    sa.update(Recording)
+                    .where(Recording.id.in_(chunk), Recording.status == RecordingStatus.STORED)
+                    .values(status=RecordingStatus.COMPLETED, processed_at=utcnow(), updated_at=utcnow())
+                )
+        return files
 
     def export_run(self, run_id: str, recording_ids: list[int], output_uri: str) -> list[str]:
-        """Write this run's recordings to Parquet in one commit, and the files into lineage."""
+        """Write these recordings to the dataset in one commit, and the files into lineage."""
         if not recording_ids:
             return []
         with self.store.session_scope() as s:
@@ -177,25 +679,77 @@ class PipelineStore:
             repo.record_parquet_commit(s, result)
         return len(result.removed)
 
-    # --- runs ----------------------------------------------------------------------------
-    def start_run(
-        self, run_id: str, *, trigger: str, deployment: str | None, code_version: str, settings_hash: str
-    ) -> None:
-        run = RunStart(
-            flow_run_id=run_id,
-            trigger=RunTrigger(trigger),
-            code_version=code_version,
-            settings_hash=settings_hash,
-            deployment=deployment,
-        )
+    # --- what a run did ------------------------------------------------------------------
+    def run_files(self, run_id: str) -> list[dict[str, Any]]:
+        """One row per recording the run (and its batches) took on: status, reason, jobs."""
         with self.store.session_scope() as s:
-            repo.start_run(s, run)
+            recs = s.scalars(
+                sa.select(Recording).where(Recording.run_id == run_id).order_by(Recording.id)
+            ).all()
+            jobs: dict[int, list[ProviderJob]] = {}
+            for chunk in _chunks([r.id for r in recs], 500):
+                for job in s.scalars(
+                    sa.select(ProviderJob)
+                    .where(ProviderJob.recording_id.in_(chunk))
+                    .order_by(ProviderJob.submitted_at, ProviderJob.id)
+                ):
+                    jobs.setdefault(job.recording_id, []).append(job)
+            out = []
+            for rec in recs:
+                newest: dict[str, ProviderJob] = {}
+                for job in jobs.get(rec.id, []):
+                    newest[job.provider.value + (f"/ch{job.channel}" if job.channel is not None else "")] = (
+                        job
+                    )
+                out.append(
+                    {
+                        "recording_id": rec.id,
+                        "file": rec.uri,
+                        "version": rec.version_id or rec.etag,
+                        "status": rec.status.value,
+                        "reason": rec.reason or "",
+                        "duration_s": rec.duration_s or 0.0,
+                        "jobs": {label: job.status.value for label, job in newest.items()},
+                        "failed_providers": sorted(
+                            {
+                                label.split("/")[0]
+                                for label, job in newest.items()
+                                if job.status != JobStatus.COMPLETED
+                            }
+                        )
+                        if rec.status == RecordingStatus.FAILED
+                        else [],
+                    }
+                )
+            return out
 
-    def finish_run(self, run_id: str, counts: dict[str, Any], failed: bool = False) -> None:
-        numeric = {
-            k: int(v) for k, v in counts.items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+    def emotion_counts(self, run_id: str, min_confidence: float) -> Counter[str]:
+        from results_store.models import EmotionSegmentRow
+
         with self.store.session_scope() as s:
-            repo.finish_run(
-                s, run_id, status=RunStatus.FAILED if failed else RunStatus.COMPLETED, counts=numeric
-            )
+            rows = s.execute(
+                sa.select(EmotionSegmentRow.emotion, sa.func.count())
+                .join(ProviderJob, ProviderJob.id == EmotionSegmentRow.job_id)
+                .join(Recording, Recording.id == ProviderJob.recording_id)
+                .where(Recording.run_id == run_id, EmotionSegmentRow.confidence >= min_confidence)
+                .group_by(EmotionSegmentRow.emotion)
+            ).all()
+            return Counter({emotion: int(n) for emotion, n in rows})
+
+
+_TERMINAL = (
+    RecordingStatus.COMPLETED,
+    RecordingStatus.REJECTED,
+    RecordingStatus.SUPERSEDED,
+    RecordingStatus.FAILED,
+    RecordingStatus.STORED,
+)
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def wall() -> float:
+    return time.time()

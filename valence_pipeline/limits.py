@@ -1,58 +1,228 @@
-"""Provider rate limits shared by every worker, through Prefect global concurrency limits.
+"""Provider rate limits shared by every worker, in every window, kept in the results database.
 
-Each provider gets a Prefect *rate limit* (a global concurrency limit whose slots decay at the
-provider's per-second rate) named `valence-api` / `valsea-api`. Every HTTP call acquires a
-slot first, so any number of flow runs, processes or machines together stay under the
-provider's per-second limit, and an operator can lower or raise it in the Prefect UI
-(Concurrency -> Global) while a run is going. The longer windows (minute/hour/day) are paced by
-each process's own `WindowRateLimiter`, and the server's 429 + `Retry-After` is the final word.
+The pacing rules are the client's one `WindowRateLimiter`; this module only says where the
+calls are counted: a `DatabaseLedger` keeps each admitted call as a row (`provider_calls`, a
+sliding log), so a window's count is the rows younger than the window, whichever process or
+machine made them. Admitting a call is one short transaction that locks the provider's
+`provider_pacing` row (PostgreSQL `FOR UPDATE`; SQLite's write lock), so two workers can never
+both take the last slot. No Prefect server round trip is on this path.
+
+The limit in force (`provider_limits`) is the smallest of: the settings (rewritten when a
+run starts, so a changed setting is never shadowed by an old value), an operator's override
+(`valence-pipeline limits set`, obeyed by every worker within a second, even mid-run), and what
+the provider reported (`/v1/rate-limit/status`). A 429's `Retry-After` pauses every worker.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from valence_client.limiter import WindowRateLimiter
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from results_store.db import Store
+from results_store.models import ProviderCall, ProviderLimit, ProviderPacing
+from valence_client.limiter import WINDOW_SECONDS, WindowRateLimiter, check_limits
 
 log = logging.getLogger(__name__)
 
-
-def limit_name(provider: str) -> str:
-    return f"{provider}-api"
-
-
-def ensure_prefect_rate_limit(provider: str, per_second: int) -> None:
-    """Create the provider's global limit if missing; an existing one (maybe tuned by an
-    operator in the UI) is left as it is."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(limit_name(provider))
-            return
-        except ObjectNotFound:
-            pass
-        client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(
-                name=limit_name(provider), limit=per_second, slot_decay_per_second=float(per_second)
-            )
-        )
-        log.info("created Prefect rate limit %s at %d/s", limit_name(provider), per_second)
+LIMITS_TTL_S = 1.0
+"""How long a worker trusts the limits it read (an operator's change reaches it within this)."""
+PRUNE_EVERY = 200
+"""About one admission in this many deletes the calls older than the longest window."""
 
 
-class SharedRateLimiter(WindowRateLimiter):
-    """The in-process window limiter plus the cross-worker Prefect rate limit."""
+class DatabaseLedger:
+    """A `CallLedger` in the results database, shared by every process that uses it."""
 
-    def __init__(self, provider: str, limits: Mapping[str, int]) -> None:
-        super().__init__(limits, name=provider)
+    def __init__(self, store: Store, provider: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
         self.provider = provider
+        self._clock = clock
+        self._cached: tuple[float, dict[str, int]] | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random()
 
-    def acquire(self, cost: int = 1) -> None:
-        from prefect.concurrency.sync import rate_limit
+    # --- limits ---------------------------------------------------------------------------
+    def configure(self, limits: Mapping[str, int]) -> None:
+        """The settings' limits: written over the configured column on every start."""
+        self._write(check_limits(limits), column="configured")
 
-        super().acquire(cost)
-        # strict=True: a missing limit is a setup bug, not a reason to run unthrottled.
-        rate_limit(limit_name(self.provider), occupy=cost, strict=True)
+    def learn_server_limits(self, limits: Mapping[str, int]) -> None:
+        """What the provider says the account may do (a ceiling, never a raise)."""
+        self._write(check_limits({k: v for k, v in limits.items() if k in WINDOW_SECONDS}), column="server")
+
+    def set_operator_limits(self, limits: Mapping[str, int | None]) -> None:
+        """An operator's override (None clears it); every worker obeys within `LIMITS_TTL_S`."""
+        with self.store.session_scope() as s:
+            for window, limit in limits.items():
+                if window not in WINDOW_SECONDS:
+                    raise ValueError(f"unknown window {window!r}; expected {sorted(WINDOW_SECONDS)}")
+                if limit is not None and limit < 1:
+                    raise ValueError(f"limit for {window!r} must be >= 1")
+                row = s.get(ProviderLimit, (self.provider, window))
+                if row is None:
+                    if limit is None:
+                        continue
+                    raise LookupError(f"{self.provider} has no {window} limit yet (run once first)")
+                row.operator = limit
+        self._cached = None
+
+    def _write(self, limits: dict[str, int], *, column: str) -> None:
+        with self.store.session_scope() as s:
+            self._ensure_pacing_row(s)
+            for window, limit in limits.items():
+                row = s.get(ProviderLimit, (self.provider, window))
+                if row is None:
+                    row = ProviderLimit(provider=self.provider, window=window, configured=limit)
+                    s.add(row)
+                setattr(row, column, limit)
+        self._cached = None
+
+    def _ensure_pacing_row(self, s: Session) -> None:
+        if s.get(ProviderPacing, self.provider) is None:
+            s.add(ProviderPacing(provider=self.provider, paused_until=0.0))
+            s.flush()
+
+    def limits(self) -> dict[str, int]:
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < LIMITS_TTL_S:
+            return dict(cached[1])
+        with self.store.session_scope() as s:
+            limits = self._read_limits(s)
+        self._cached = (now, limits)
+        return dict(limits)
+
+    def rows(self) -> list[ProviderLimit]:
+        with self.store.session_scope() as s:
+            rows = list(s.scalars(sa.select(ProviderLimit).where(ProviderLimit.provider == self.provider)))
+            s.expunge_all()
+            return rows
+
+    def _read_limits(self, s: Session) -> dict[str, int]:
+        rows = s.scalars(sa.select(ProviderLimit).where(ProviderLimit.provider == self.provider))
+        return {row.window: row.effective for row in rows}
+
+    # --- admission ------------------------------------------------------------------------
+    def _locked_pause(self, s: Session) -> float:
+        """Lock the provider's pacing row for this transaction; returns its pause-until time."""
+        paused = s.execute(
+            sa.select(ProviderPacing.paused_until)
+            .where(ProviderPacing.provider == self.provider)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if paused is None:
+            self._ensure_pacing_row(s)
+            return 0.0
+        return float(paused)
+
+    def try_admit(self, cost: int) -> float:
+        with self.store.session_scope() as s:
+            paused_until = self._locked_pause(s)
+            limits = self._read_limits(s)
+            now = self._clock()
+            wait = self._wait_needed(s, limits, now, cost, paused_until)
+            if wait > 0:
+                return wait
+            s.execute(sa.insert(ProviderCall), [{"provider": self.provider, "at": now}] * cost)
+            if limits and self._rng.randrange(PRUNE_EVERY) == 0:
+                horizon = now - max(WINDOW_SECONDS[w] for w in limits)
+                s.execute(
+                    sa.delete(ProviderCall).where(
+                        ProviderCall.provider == self.provider, ProviderCall.at <= horizon
+                    )
+                )
+            return 0.0
+
+    def _wait_needed(
+        self, s: Session, limits: dict[str, int], now: float, cost: int, paused_until: float
+    ) -> float:
+        wait = paused_until - now
+        if not limits:
+            return wait
+        windows = sorted(limits, key=lambda w: WINDOW_SECONDS[w])
+        mine = ProviderCall.provider == self.provider
+        # One scan counts every window at once: calls younger than each window's length.
+        counts = s.execute(
+            sa.select(
+                *(sa.func.count().filter(ProviderCall.at > now - WINDOW_SECONDS[w]) for w in windows)
+            ).where(mine, ProviderCall.at > now - WINDOW_SECONDS[windows[-1]])
+        ).one()
+        for window, used in zip(windows, counts, strict=True):
+            excess = int(used) + cost - limits[window]
+            if excess <= 0:
+                continue
+            seconds = WINDOW_SECONDS[window]
+            # The call whose expiry frees enough room: the `excess`-th oldest in the window.
+            oldest = s.execute(
+                sa.select(ProviderCall.at)
+                .where(mine, ProviderCall.at > now - seconds)
+                .order_by(ProviderCall.at)
+                .offset(excess - 1)
+                .limit(1)
+            ).scalar_one()
+            wait = max(wait, float(oldest) + seconds - now)
+        return wait
+
+    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
+        if window not in WINDOW_SECONDS:
+            return
+        seconds = WINDOW_SECONDS[window]
+        with self.store.session_scope() as s:
+            self._locked_pause(s)
+            limit = self._read_limits(s).get(window)
+            if limit is None:
+                return
+            now = self._clock()
+            used = s.execute(
+                sa.select(sa.func.count()).where(
+                    ProviderCall.provider == self.provider, ProviderCall.at > now - seconds
+                )
+            ).scalar_one()
+            missing = (limit - max(0, remaining)) - int(used)
+            stamp = now if reset_in_s is None else min(now, now + reset_in_s - seconds)
+            if missing <= 0 or stamp + seconds <= now:
+                return
+            s.execute(sa.insert(ProviderCall), [{"provider": self.provider, "at": stamp}] * missing)
+
+    def pause(self, seconds: float) -> None:
+        until = self._clock() + seconds
+        with self.store.session_scope() as s:
+            self._locked_pause(s)
+            s.execute(
+                sa.update(ProviderPacing)
+                .where(ProviderPacing.provider == self.provider, ProviderPacing.paused_until < until)
+                .values(paused_until=until)
+            )
+        log.info("%s asked us to wait %.1f s: every worker pauses", self.provider, seconds)
+
+
+def database_limiter(store: Store, provider: str, limits: Mapping[str, int]) -> WindowRateLimiter:
+    """The provider's limiter for a pipeline process: the settings' limits, counted in the
+    database every worker shares."""
+    return WindowRateLimiter(limits, name=provider, ledger=DatabaseLedger(store, provider))
+
+
+def describe(store: Store) -> list[dict[str, Any]]:
+    """Every provider's limits, as `valence-pipeline limits show` prints them."""
+    with store.session_scope() as s:
+        rows = s.scalars(sa.select(ProviderLimit).order_by(ProviderLimit.provider, ProviderLimit.window))
+        order = list(WINDOW_SECONDS)
+        out = [
+            {
+                "provider": r.provider,
+                "window": r.window,
+                "configured": r.configured,
+                "operator": r.operator,
+                "server": r.server,
+                "in force": r.effective,
+            }
+            for r in rows
+        ]
+    return sorted(out, key=lambda r: (r["provider"], order.index(r["window"])))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -23,30 +22,22 @@ if TYPE_CHECKING:  # the heavy collaborators are imported when first used
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunFlags:
-    """Facts one task learns that change what the others do for the rest of the run."""
-
-    valsea_out_of_credits: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
 class Runtime:
-    def __init__(self, settings: Settings, *, shared_limits: bool = True) -> None:
+    """The one wiring point of a worker process: settings, clients, store and S3, built once
+    (lazily) and shared by every thread of every run the process makes."""
+
+    def __init__(self, settings: Settings) -> None:
         keep_large_buffers_out_of_the_heap()
         self.settings = settings
-        self.shared_limits = shared_limits
-        self.flags = RunFlags()
 
     def _limiter(self, provider: str, limits: dict[str, int]) -> Any:
         from valence_client.limiter import WindowRateLimiter
 
-        if not self.shared_limits:
-            return WindowRateLimiter(limits, name=provider)
-        from valence_pipeline.limits import SharedRateLimiter, ensure_prefect_rate_limit
+        if not self.settings.shared_rate_limits:
+            return WindowRateLimiter(limits, name=provider)  # this process only (tests, one-offs)
+        from valence_pipeline.limits import database_limiter
 
-        ensure_prefect_rate_limit(provider, limits.get("second", 10))
-        return SharedRateLimiter(provider, limits)
+        return database_limiter(self.store.store, provider, limits)
 
     @cached_property
     def valence(self) -> ValenceClient:
@@ -76,6 +67,22 @@ class Runtime:
         from valence_pipeline.s3 import make_s3_client
 
         return make_s3_client()
+
+    def learn_provider_limits(self) -> None:
+        """Take the provider's own word on its limits as a ceiling (`/v1/rate-limit/status`)."""
+        from valence_client.errors import ValenceSDKException
+        from valence_pipeline.limits import DatabaseLedger
+
+        if "valence" not in self.settings.providers or not self.settings.shared_rate_limits:
+            return
+        try:
+            status = self.valence.rate_limit.get_status()
+        except ValenceSDKException as exc:
+            log.info("could not read Valence's rate-limit status (%s); using the settings' limits", exc)
+            return
+        ledger = getattr(self.valence.transport.limiter, "ledger", None)
+        if isinstance(ledger, DatabaseLedger):
+            ledger.learn_server_limits({name: w.limit for name, w in status.limits.items()})
 
     def api_stats(self) -> dict[str, int]:
         """Calls, retries and 429s per provider so far (for the run summary)."""

@@ -99,7 +99,29 @@ class Settings(BaseSettings):
     http_max_retries: int = 4
     upload_part_size: int = 5 * 1024 * 1024
     upload_threads: int = 3
-    max_concurrent_files: int = 4
+
+    # the run model (see valence_pipeline/engine.py)
+    max_concurrent_files: int = Field(
+        default=4, description="uploads/submits in flight per provider per worker"
+    )
+    check_workers: int = Field(default=2, description="recordings checked (preflight) at once per worker")
+    harvest_workers: int = Field(default=4, description="status calls in flight per worker")
+    lease_s: float = Field(default=60.0, description="a worker holds a recording this long between renewals")
+    watch_interval_s: float = 0.5
+    step_attempts: int = Field(default=3, description="tries of one step for one recording before it fails")
+    step_retry_delay_s: float = 10.0
+    twin_wait_s: float = 2.0
+    resend_unknown: bool = Field(
+        default=False, description="send again a Valsea submit whose answer was lost (it may be paid twice)"
+    )
+    batch_size: int = Field(default=50, description="recordings per batch handed to the work pool")
+    batch_deployment: str | None = Field(
+        default=None,
+        description="`flow/deployment` that runs a night's batches on the work pool; unset: in this process",
+    )
+    shared_rate_limits: bool = Field(
+        default=True, description="count provider calls in the results database, shared by every worker"
+    )
 
     # client-side rate limits (documented example limits; refreshed from /v1/rate-limit/status)
     valence_rate_limits: dict[str, int] = Field(

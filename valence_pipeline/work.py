@@ -1,17 +1,20 @@
-"""The small, typed values that flow between tasks (no clients, sessions or streams)."""
+"""The small, typed values that flow between the pipeline's steps (no clients, sessions, streams).
+
+A step reads what it needs from the database (`RecordingState`, `DueJob`), does one thing, and
+writes the next state back; nothing here outlives the step that made it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from valence_client.models import EmotionSegment, ProsodyResult
-from valence_pipeline.audio import AudioInfo
+from valence_pipeline.audio import AudioInfo, Route
 from valence_pipeline.s3 import ObjectVersion
+from valence_pipeline.settings import Settings
 
 Provider = Literal["valence", "valsea"]
 Mode = Literal["discrete", "async", "prosody"]
-JobState = Literal["submitted", "completed", "failed", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -38,56 +41,59 @@ class WorkItem:
         suffix = f" ch{self.channel}" if self.channel is not None else ""
         return f"{self.provider}/{self.mode} {self.obj.uri}{suffix}"
 
+    @property
+    def slot(self) -> tuple[str, int | None]:
+        """What identifies this call among its recording's calls."""
+        return (self.provider, self.channel)
 
-class Results:
-    """What a finished job brought back (a Valence timeline, a Valsea result).
 
-    A plain class on purpose, not a list, dataclass or model: Prefect walks every list, dict,
-    dataclass and pydantic model in a task's parameters looking for futures, with bookkeeping
-    per object it meets. A 9 h recording's results are ~330,000 objects, so handing its
-    handles to `persist` cost ~40 MiB and seconds of CPU. A plain object is one leaf to it.
+@dataclass(frozen=True)
+class RecordingState:
+    """One recording version as the database knows it, when a worker takes it on."""
+
+    id: int
+    obj: ObjectVersion
+    status: str
+    attempts: int
+    info: AudioInfo | None = None
+    sha256: str | None = None
+    route: Route | None = None
+
+    @property
+    def uri(self) -> str:
+        return self.obj.uri
+
+
+def plan_work(state: RecordingState, settings: Settings) -> list[WorkItem]:
+    """The provider calls one accepted recording needs: per provider, per channel when split.
+
+    Deterministic from the stored verdict and the settings, so any worker (the harvester that
+    finishes a recording, a run resuming after a crash) computes the same plan.
     """
+    assert state.info is not None and state.sha256 is not None and state.route is not None
+    info = state.info
+    channels: list[int | None] = (
+        list(range(info.channels)) if settings.channel_mode == "split" and info.channels > 1 else [None]
+    )
+    items: list[WorkItem] = []
+    for channel in channels:
+        for provider in settings.providers:
+            mode: Mode = state.route if provider == "valence" else "prosody"
+            model = settings.valence_model if provider == "valence" else "valsea-prosody"
+            items.append(WorkItem(state.id, state.obj, info, state.sha256, provider, mode, model, channel))
+    return items
 
-    __slots__ = ("prosody", "segments")
 
-    def __init__(
-        self, segments: list[EmotionSegment] | None = None, prosody: ProsodyResult | None = None
-    ) -> None:
-        self.segments: list[EmotionSegment] = segments if segments is not None else []
-        self.prosody = prosody
+@dataclass(frozen=True)
+class DueJob:
+    """A provider job whose result is due to be asked for (claimed by one harvester)."""
 
-
-@dataclass
-class JobHandle:
-    """A provider job after submission: in flight (`submitted`) or already final."""
-
-    item: WorkItem
-    job_id: int
-    external_id: str | None
-    state: JobState
-    submitted_at: float = 0.0
-    error_code: str | None = None
-    error_message: str | None = None
+    id: int
+    recording_id: int
+    provider: Provider
+    external_id: str
+    channel: int | None
+    polls: int
+    submitted_at: float
+    duration_s: float
     resubmitted: bool = False
-    results: Results = field(default_factory=Results, repr=False, compare=False)
-
-    @property
-    def segments(self) -> list[EmotionSegment]:
-        return self.results.segments
-
-    @segments.setter
-    def segments(self, value: list[EmotionSegment]) -> None:
-        self.results.segments = value
-
-    @property
-    def prosody(self) -> ProsodyResult | None:
-        return self.results.prosody
-
-    @prosody.setter
-    def prosody(self, value: ProsodyResult | None) -> None:
-        self.results.prosody = value
-
-    def release(self) -> None:
-        """Drop the results once they are stored: the flow keeps its handles (and Prefect the
-        task states holding them) until the run ends, and the export needs the memory."""
-        self.results = Results()

@@ -15,10 +15,10 @@ from tests.client.memory_child import peak_rss_mib, vm_hwm_mib
 
 
 def main(uris: list[str]) -> None:
-    from flows.ingest import process_recordings
+    from flows.ingest import process_recordings, run_to_result
 
     baseline = peak_rss_mib()  # the interpreter with the pipeline imported, before any work
-    result = process_recordings(uris=uris, trigger="manual")
+    result = run_to_result(process_recordings, uris=uris, trigger="manual")
     report = {
         "baseline_mib": baseline,
         "peak_mib": peak_rss_mib(),

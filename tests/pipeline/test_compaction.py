@@ -47,7 +47,7 @@ def test_nightly_run_merges_the_days_event_files_and_lineage_follows(
     emu: Any,
     tmp_path: Path,
 ) -> None:
-    from flows.ingest import nightly_ingest, process_recordings
+    from flows.ingest import nightly_ingest, process_recordings, run_to_result
     from results_store.parquet import read_table
     from valence_pipeline.runtime import reset_runtime
 
@@ -58,15 +58,15 @@ def test_nightly_run_merges_the_days_event_files_and_lineage_follows(
     configure(monkeypatch, seaweedfs, emu, database_url, out)
     for sample in samples:  # three upload events: three runs, three files per partition
         reset_runtime()
-        process_recordings([f"s3://{bucket}/{sample.key}"], trigger="event")
+        run_to_result(process_recordings, uris=[f"s3://{bucket}/{sample.key}"], trigger="event")
     before = live_files(out)
     assert before and set(before.values()) == {len(samples)}
 
     reset_runtime()
-    result = nightly_ingest(source=f"s3://{bucket}/ev/", trigger="manual")
+    result = run_to_result(nightly_ingest, source=f"s3://{bucket}/ev/", trigger="manual")
 
     assert result["seen"] == 0  # nothing new: the night only tidies up
-    assert result["parquet_files_compacted"] == sum(before.values())
+    assert result["dataset_files_compacted"] == sum(before.values())
     after = live_files(out)
     assert set(after) == set(before) and set(after.values()) == {1}
     for table, db_table in TABLES.items():

@@ -48,11 +48,11 @@ def assert_async_results_are_comprehensive(database_url: str, emu: Any) -> None:
 
 
 def run_nightly(source: str) -> dict[str, Any]:
-    from flows.ingest import nightly_ingest
+    from flows.ingest import nightly_ingest, run_to_result
     from valence_pipeline.runtime import reset_runtime
 
     reset_runtime()  # each run starts with fresh clients, flags and counters
-    return nightly_ingest(source=source, trigger="manual")
+    return run_to_result(nightly_ingest, source=source, trigger="manual")
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -157,8 +157,8 @@ def test_faults_end_in_terminal_states_without_paying_twice(
 
 _RUN_IN_CHILD = """
 import sys
-from flows.ingest import nightly_ingest
-nightly_ingest(source=sys.argv[1], trigger="manual")
+from flows.ingest import nightly_ingest, run_to_result
+run_to_result(nightly_ingest, source=sys.argv[1], trigger="manual")
 """
 
 

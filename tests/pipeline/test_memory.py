@@ -98,27 +98,6 @@ def test_gigabyte_stereo_call_is_processed_under_300_mib(
 # --------------------------------------------------------------------------- what it took
 
 
-def test_prefect_sees_a_jobs_results_as_one_leaf() -> None:
-    """Prefect walks every task parameter for futures; a handle's results must not be walked
-    (a 9 h recording's are ~330,000 objects: ~40 MiB of bookkeeping per task that gets them)."""
-    from prefect.utilities.collections import visit_collection
-
-    from valence_client.models import EmotionSegment
-    from valence_pipeline.work import JobHandle, Results
-
-    segments = [
-        EmotionSegment(start_s=i * 5.0, end_s=i * 5.0 + 5, emotion="neutral", confidence=0.5)
-        for i in range(3)
-    ]
-    item: Any = None  # the work item is beside the point here
-    handle = JobHandle(item=item, job_id=1, external_id="r", state="completed", results=Results(segments))
-    visited: list[Any] = []
-    visit_collection([handle], visit_fn=visited.append, return_data=False)
-    assert any(v is handle.results for v in visited)
-    assert not any(isinstance(v, EmotionSegment) for v in visited)
-    assert handle.segments == segments
-
-
 def test_json_columns_read_back_share_their_keys(tmp_path: Path) -> None:
     """6,700 utterances x 48 expression names must not be 320,000 separate strings."""
     import sqlalchemy as sa

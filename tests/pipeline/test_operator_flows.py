@@ -25,7 +25,7 @@ def test_retry_failed_pays_only_for_the_jobs_that_failed(
     make_emulator: Any,
     tmp_path: Path,
 ) -> None:
-    from flows.ingest import nightly_ingest, retry_failed
+    from flows.ingest import nightly_ingest, retry_failed, run_to_result
     from valence_pipeline.runtime import reset_runtime
 
     # Half the provider jobs end `failed` (seeded: the same ones every run).
@@ -33,14 +33,14 @@ def test_retry_failed_pays_only_for_the_jobs_that_failed(
     upload_samples(s3_client, bucket, SAMPLES)
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
-    first = nightly_ingest(source=f"s3://{bucket}/ops/", trigger="manual")
+    first = run_to_result(nightly_ingest, source=f"s3://{bucket}/ops/", trigger="manual")
     failed = count(database_url, "provider_jobs", "status = 'failed'")
     assert first["failed"] > 0 and failed > 0  # precondition: there is something to retry
     paid_first = sum(paid(emu).values())
 
     emu.set_faults("")
     reset_runtime()
-    again = retry_failed()
+    again = run_to_result(retry_failed)
 
     assert again["seen"] == first["failed"]
     assert set(statuses(database_url).values()) == {("completed", None)}
@@ -56,7 +56,7 @@ def test_backfill_takes_the_objects_modified_in_its_range(
     emu: Any,
     tmp_path: Path,
 ) -> None:
-    from flows.ingest import backfill
+    from flows.ingest import backfill, run_to_result
     from valence_pipeline.runtime import reset_runtime
 
     upload_samples(s3_client, bucket, SAMPLES[:2])
@@ -65,10 +65,10 @@ def test_backfill_takes_the_objects_modified_in_its_range(
     today = s3_client.head_object(Bucket=bucket, Key=SAMPLES[0].key)["LastModified"].astimezone(UTC).date()
     source = f"s3://{bucket}/ops/"
 
-    before = backfill(source=source, start=today - timedelta(days=7), end=today)
+    before = run_to_result(backfill, source=source, start=today - timedelta(days=7), end=today)
     assert before["seen"] == 0 and sum(paid(emu).values()) == 0  # uploaded today: not in range
 
     reset_runtime()
-    done = backfill(source=source, start=today, end=today + timedelta(days=1), max_files=1)
+    done = run_to_result(backfill, source=source, start=today, end=today + timedelta(days=1), max_files=1)
     assert done["seen"] == 1 and done["completed"] == 1
     assert sorted(s for s, _ in statuses(database_url).values()) == ["completed"]

@@ -1,7 +1,7 @@
 """provider_jobs.model may be NULL: a Valence async upload names no model.
 
 Revision ID: 0002_async_job_model
-Revises: 0001
+Revises: 0002_run_model
 Create Date: 2026-11-29
 
 The public SDK's async upload sends no model, so the job's model is what its result shows
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002_async_job_model"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_run_model"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,151 @@
+"""The run model: one bad recording never fails the night, steps are pipelined rather than
+phased, twins are paid once, and the database (not the process) carries a run's facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localstack.sample_data import SampleRecording, upload_samples
+from localstack.seaweedfs import SeaweedFS
+from tests.pipeline.helpers import configure, paid, query, statuses
+
+
+def night(source: str) -> Any:
+    """The nightly flow's final state (Completed, or Failed when files failed)."""
+    from flows.ingest import nightly_ingest
+    from valence_pipeline.runtime import reset_runtime
+
+    reset_runtime()
+    return nightly_ingest(source=source, trigger="manual", return_state=True)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_recording_whose_step_always_raises_fails_alone_and_the_run_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    samples = tuple(SampleRecording(f"in/r{i}.wav", 15 + i) for i in range(5))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset",
+        VALENCE_PIPELINE_STEP_ATTEMPTS="3", VALENCE_PIPELINE_STEP_RETRY_DELAY_S="0.2",
+    )  # fmt: skip
+    import valence_pipeline.engine as engine
+
+    real = engine.open_payload
+    tries: list[str] = []
+
+    def flaky(s3: Any, item: Any) -> Any:
+        if item.obj.key == "in/r2.wav":
+            tries.append(item.provider)
+            raise ConnectionResetError("connection reset by peer (injected)")
+        return real(s3, item)
+
+    monkeypatch.setattr(engine, "open_payload", flaky)
+    state = night(f"s3://{bucket}/in/")
+
+    assert state.is_failed()
+    assert state.message == "1 of 5 files failed (4 completed, 0 rejected)"
+    final = statuses(database_url)
+    status, reason = final.pop("in/r2.wav")
+    assert status == "failed"
+    assert reason is not None and "retries_exhausted" in reason and "connection reset" in reason
+    assert {s for s, _ in final.values()} == {"completed"}
+    assert sorted(tries) == ["valence"] * 3 + ["valsea"] * 3  # each call tried step_attempts times
+    result = state.result(raise_on_failure=False).result
+    assert result["failed"] == 1 and result["completed"] == 4
+    # Only the good four were paid for.
+    assert paid(emu)["valsea_job"] == 4
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_results_are_stored_while_other_recordings_are_still_being_sent(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    """Pipelined, not phased: the first results land before the last upload has gone."""
+    samples = tuple(SampleRecording(f"in/p{i:02d}.wav", 12 + i % 3, samplerate=8000) for i in range(16))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch,
+        seaweedfs,
+        emu,
+        database_url,
+        tmp_path / "dataset",
+        VALENCE_PIPELINE_MAX_CONCURRENT_FILES="1",
+    )
+    state = night(f"s3://{bucket}/in/")
+    assert state.is_completed()
+    [(first_done, last_sent)] = query(
+        database_url, "select min(completed_at), max(submitted_at) from provider_jobs"
+    )
+    assert first_done < last_sent
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_keys_with_the_same_bytes_in_one_run_are_paid_once(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    sample = SampleRecording("in/a.wav", 20)
+    short = SampleRecording("in/clip.wav", 6)  # the discrete route
+    upload_samples(s3_client, bucket, (sample, short))
+    for src, dst in (("in/a.wav", "in/b.wav"), ("in/clip.wav", "in/clip-copy.wav")):
+        s3_client.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset")
+    state = night(f"s3://{bucket}/in/")
+    assert state.is_completed()
+    assert {s for s, _ in statuses(database_url).values()} == {"completed"}
+    bill = paid(emu)
+    assert bill["valence_async"] == 1 and bill["valence_discrete"] == 1 and bill["valsea_job"] == 2
+    # Each recording's timeline reads back (the copy's through its reuse link).
+    from results_store.db import Store
+    from results_store.repository import timeline_for_uri
+
+    store = Store(database_url)
+    with store.session_scope() as s:
+        for key in ("in/clip.wav", "in/clip-copy.wav", "in/a.wav", "in/b.wav"):
+            timeline = timeline_for_uri(s, f"s3://{bucket}/{key}")
+            assert timeline is not None and timeline.segments, key
+    store.dispose()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_valsea_out_of_credits_is_a_fact_of_the_run_not_of_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    make_emulator: Any,
+    tmp_path: Path,
+) -> None:
+    emu = make_emulator(time_scale=3600.0, valsea_credits=2)
+    samples = tuple(SampleRecording(f"in/c{i}.wav", 15 + i) for i in range(5))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset")
+    state = night(f"s3://{bucket}/in/")
+    assert state.is_failed()
+    [(flags,)] = query(database_url, "select flags from pipeline_runs")
+    assert "valsea_out_of_credits" in str(flags)
+    reasons = [r for s, r in statuses(database_url).values() if s == "failed"]
+    assert reasons and all("insufficient_credits" in (r or "") for r in reasons)
+    assert "insufficient credits" in state.result(raise_on_failure=False).result["summary"]
