@@ -9,7 +9,6 @@ its role, and upserts one `call_analytics` row per scope. Recomputing replaces t
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,20 +242,6 @@ class CallSummary:
         return [c.role or c.scope for c in self.channels if c.escalated]
 
 
-def _day_rows(session: Session, day: dt.date) -> dict[int, list[CallAnalyticsRow]]:
-    rows = session.execute(
-        sa.select(CallAnalyticsRow)
-        .where(CallAnalyticsRow.processing_date == day)
-        .order_by(
-            CallAnalyticsRow.recording_id, CallAnalyticsRow.channel.is_not(None), CallAnalyticsRow.channel
-        )
-    ).scalars()
-    out: dict[int, list[CallAnalyticsRow]] = defaultdict(list)
-    for row in rows:
-        out[row.recording_id].append(row)
-    return out
-
-
 def calls_on(
     session: Session,
     day: dt.date,
@@ -267,22 +252,24 @@ def calls_on(
 ) -> list[CallSummary]:
     """The night's calls, optionally only escalated ones (the call or any channel) or one
     agent's or queue's (from the dimensions)."""
-    by_recording = _day_rows(session, day)
-    recordings = {
-        r.id: r
-        for r in session.execute(sa.select(Recording).where(Recording.id.in_(list(by_recording)))).scalars()
-    }
+    rows = session.execute(
+        sa.select(CallAnalyticsRow, Recording)
+        .join(Recording, Recording.id == CallAnalyticsRow.recording_id)
+        .where(CallAnalyticsRow.processing_date == day)
+        .order_by(
+            CallAnalyticsRow.recording_id, CallAnalyticsRow.channel.is_not(None), CallAnalyticsRow.channel
+        )
+    ).all()
+    by_recording: dict[int, tuple[Recording, list[CallAnalyticsRow]]] = {}
+    for row, rec in rows:
+        by_recording.setdefault(rec.id, (rec, []))[1].append(row)
     out: list[CallSummary] = []
-    for rid, rows in by_recording.items():
-        call = next((r for r in rows if r.scope == CALL_SCOPE), None)
+    for rid, (rec, scopes) in by_recording.items():
+        call = next((r for r in scopes if r.scope == CALL_SCOPE), None)
         if call is None:
             continue
         summary = CallSummary(
-            rid,
-            recordings[rid].uri,
-            recordings[rid].object_version,
-            call,
-            [r for r in rows if r.scope != CALL_SCOPE],
+            rid, rec.uri, rec.object_version, call, [r for r in scopes if r.scope != CALL_SCOPE]
         )
         if escalated is not None and (call.escalated or bool(summary.escalated_roles)) != escalated:
             continue
