@@ -171,6 +171,8 @@ def test_killed_run_resumes_without_uploading_again(
     make_emulator: Any,
     tmp_path: Path,
 ) -> None:
+    import os
+    import signal
     import subprocess
     import sys
     import time
@@ -183,7 +185,10 @@ def test_killed_run_resumes_without_uploading_again(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
     env = child_flow_env(tmp_path / "child-prefect")
-    child = subprocess.Popen([sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env)
+    # Its own process group: the kill takes the temporary Prefect server it started along.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     try:
         # Kill once every upload is complete (billed) but before results are in.
@@ -192,7 +197,7 @@ def test_killed_run_resumes_without_uploading_again(
                 break
             time.sleep(0.2)
     finally:
-        child.kill()
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     uploads_before = paid(emu)["valence_async"]
     assert uploads_before == len(samples)
