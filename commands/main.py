@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "commands.notify",
     "commands.limits",
     "commands.dataset",
+    "commands.analytics",
 )
 
 

@@ -6,7 +6,8 @@ Valence (header `x-api-key`)::
 
     POST /v1/discrete/emotion?model=M                multipart `file`, or JSON {"payload": [[...]]}
                                                      (also at /emotionprediction, the quick start's path)
-    POST /v1/asynch/emotion/upload/initiate?file_name=F&part_count=N[&model=M]   (GET too: old SDK)
+    POST /v1/asynch/emotion/upload/initiate?file_name=F&part_count=N[&model=M]   (GET too: old SDK;
+                                                     no model: analysed by the default, 4emotions)
     PUT  <presigned part url>                        raw bytes -> ETag
     POST /v1/asynch/emotion/upload/complete          {"request_id", "upload_id", "parts": [...]}
     GET  /v1/asynch/emotion/status/{request_id}[?comprehensive_output=true]
@@ -258,7 +259,7 @@ def _valence_routes(app: FastAPI, state: EmulatorState) -> None:
         request: Request,
         file_name: str = Query(""),
         part_count: int = Query(...),
-        model: str = Query("4emotions"),
+        model: str | None = Query(None),
     ) -> Response:
         owner = _owner(request)
         answer = await run_in_threadpool(

@@ -40,7 +40,13 @@ from emulator.config import MIB, EmulatorConfig
 from emulator.faults import FaultInjector, FaultSpec
 from emulator.ratelimit import RateLimiter
 from emulator.storage import LocalParts, PartInfo, PartSigner, S3Parts, normalise_etag
-from valence_client.models import VALENCE_MODELS, EmotionSegment, ProsodyScores, ProsodyUtterance
+from valence_client.models import (
+    DEFAULT_VALENCE_MODEL,
+    VALENCE_MODELS,
+    EmotionSegment,
+    ProsodyScores,
+    ProsodyUtterance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,8 @@ class AsyncRequest:
     request_id: str
     upload_id: str
     owner: str
-    model: str
+    model: str | None
+    """The model the client asked for; None when it named none (the public SDK never does)."""
     file_name: str
     part_count: int
     created_at: float
@@ -270,9 +277,9 @@ class EmulatorState:
     # ------------------------------------------------------------------ Valence async
 
     def initiate(
-        self, owner: str, file_name: str, part_count: int, model: str, base_url: str
+        self, owner: str, file_name: str, part_count: int, model: str | None, base_url: str
     ) -> dict[str, Any]:
-        if model not in VALENCE_MODELS:
+        if model is not None and model not in VALENCE_MODELS:
             raise bad_request(
                 f"unknown model {model!r}; use one of {sorted(VALENCE_MODELS)}", "INVALID_MODEL"
             )
@@ -384,6 +391,7 @@ class EmulatorState:
             size=size,
             request_id=request_id,
             model=req.model,
+            analysed_with=req.model or DEFAULT_VALENCE_MODEL,
             file_name=req.file_name,
         )
         log.info("completed upload %s: %.1f s of audio, %d segments", request_id, duration, len(segments))
@@ -455,7 +463,9 @@ class EmulatorState:
                 min_duration_seconds=ASYNC_MIN_S,
                 actual_duration_seconds=round(analysis.duration_s, 3),
             )
-        return audio.timeline(analysis, req.model), analysis.duration_s, sha, size
+        # No model asked for: the API's default analyses it (what the real service does).
+        model = req.model or DEFAULT_VALENCE_MODEL
+        return audio.timeline(analysis, model), analysis.duration_s, sha, size
 
     def _discard_upload(self, req: AsyncRequest) -> None:
         self.local_parts.remove(req.request_id)

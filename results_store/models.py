@@ -239,7 +239,8 @@ _LINEAGE_FIELDS = [
 _JOB_FIELDS = [
     pa.field("provider_job_id", pa.int64(), nullable=False),
     pa.field("external_job_id", pa.string(), nullable=False),
-    pa.field("model", pa.string(), nullable=False),
+    # Null for a Valence async job whose result did not say which model produced it.
+    pa.field("model", pa.string()),
     pa.field("channel", pa.int16()),
 ]
 _RUN_FIELD = pa.field("run_id", pa.string(), nullable=False)
@@ -390,7 +391,9 @@ class ProviderJob(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     recording_id: Mapped[int] = mapped_column(sa.ForeignKey("recordings.id", ondelete="CASCADE"))
     provider: Mapped[Provider] = mapped_column(_enum(Provider, "provider"))
-    model: Mapped[str] = mapped_column(sa.String(64))
+    # The model that produced the result. A Valence async upload names none (nor does the
+    # public SDK): NULL until the timeline shows which (see `repository.save_timelines`).
+    model: Mapped[str | None] = mapped_column(sa.String(64))
     external_id: Mapped[str] = mapped_column(sa.String(255))
     channel: Mapped[int | None] = mapped_column(sa.SmallInteger)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
@@ -475,7 +478,7 @@ class EmotionSegmentRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     segment_index: int
     start_s: float
@@ -529,7 +532,7 @@ class ProsodySummaryRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     frustration: float
     stress: float
@@ -586,7 +589,7 @@ class ProsodyUtteranceRecord:
     source_version: str
     provider_job_id: int
     external_job_id: str
-    model: str
+    model: str | None
     channel: int | None
     utterance_index: int
     text: str
@@ -660,3 +663,116 @@ DATASET_TABLES: dict[str, DatasetTable] = {
 
 def record_columns(table: DatasetTable) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(table.record))
+
+
+# --------------------------------------------------------------------------- per-call analytics
+
+
+class CallAnalyticsRow(Base):
+    """What one call's emotions mean, computed by `analytics` from its stored results.
+
+    One row per recording (`scope="call"`, all channels together) and, for a split call, one
+    per channel (`scope="channel:N"`, with the channel's `role`). Natural key: recording +
+    scope, so recomputing replaces the row. Shares and expressions are JSON objects: they
+    are read whole and their names depend on the model.
+    """
+
+    __tablename__ = "call_analytics"
+    __table_args__ = (
+        sa.UniqueConstraint("recording_id", "scope"),
+        sa.Index("ix_call_analytics_date", "processing_date"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(sa.ForeignKey("recordings.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(sa.String(32))
+    channel: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    role: Mapped[str | None] = mapped_column(sa.String(64))
+    processing_date: Mapped[dt.date] = mapped_column(sa.Date)
+    dimensions: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    model: Mapped[str | None] = mapped_column(sa.String(64))
+    segment_count: Mapped[int] = mapped_column(sa.Integer)
+    analysed_s: Mapped[float] = mapped_column(sa.Float)
+    confident_s: Mapped[float] = mapped_column(sa.Float)
+    emotion_shares: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
+    dominant_emotion: Mapped[str | None] = mapped_column(sa.String(32))
+    first_third_emotion: Mapped[str | None] = mapped_column(sa.String(32))
+    last_third_emotion: Mapped[str | None] = mapped_column(sa.String(32))
+    first_third_negative: Mapped[float | None] = mapped_column(sa.Float)
+    last_third_negative: Mapped[float | None] = mapped_column(sa.Float)
+    escalated: Mapped[bool] = mapped_column(sa.Boolean)
+    longest_negative_s: Mapped[float] = mapped_column(sa.Float)
+    changes_per_min: Mapped[float] = mapped_column(sa.Float)
+    frustration: Mapped[float | None] = mapped_column(sa.Float)
+    stress: Mapped[float | None] = mapped_column(sa.Float)
+    politeness: Mapped[float | None] = mapped_column(sa.Float)
+    hesitation: Mapped[float | None] = mapped_column(sa.Float)
+    urgency: Mapped[float | None] = mapped_column(sa.Float)
+    top_expressions: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
+    computed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnalyticsRecord:
+    recording_id: int
+    source_uri: str
+    source_version: str
+    scope: str
+    channel: int | None
+    role: str | None
+    dimensions: dict[str, str]
+    model: str | None
+    segment_count: int
+    analysed_s: float
+    confident_s: float
+    emotion_shares: dict[str, float]
+    dominant_emotion: str | None
+    first_third_emotion: str | None
+    last_third_emotion: str | None
+    first_third_negative: float | None
+    last_third_negative: float | None
+    escalated: bool
+    longest_negative_s: float
+    changes_per_min: float
+    frustration: float | None
+    stress: float | None
+    politeness: float | None
+    hesitation: float | None
+    urgency: float | None
+    top_expressions: dict[str, float]
+    computed_at: dt.datetime
+
+
+CALL_ANALYTICS_TABLE = DatasetTable(
+    name="call_analytics",
+    version=1,
+    partition_by=("processing_date",),
+    record=CallAnalyticsRecord,
+    schema=pa.schema(
+        [
+            *_LINEAGE_FIELDS,
+            pa.field("scope", pa.string(), nullable=False),
+            pa.field("channel", pa.int16()),
+            pa.field("role", pa.string()),
+            pa.field("dimensions", pa.map_(pa.string(), pa.string()), nullable=False),
+            pa.field("model", pa.string()),
+            pa.field("segment_count", pa.int32(), nullable=False),
+            pa.field("analysed_s", pa.float64(), nullable=False),
+            pa.field("confident_s", pa.float64(), nullable=False),
+            pa.field("emotion_shares", _EXPRESSIONS, nullable=False),
+            pa.field("dominant_emotion", pa.string()),
+            pa.field("first_third_emotion", pa.string()),
+            pa.field("last_third_emotion", pa.string()),
+            pa.field("first_third_negative", pa.float64()),
+            pa.field("last_third_negative", pa.float64()),
+            pa.field("escalated", pa.bool_(), nullable=False),
+            pa.field("longest_negative_s", pa.float64(), nullable=False),
+            pa.field("changes_per_min", pa.float64(), nullable=False),
+            *(pa.field(name, pa.float64()) for name in PROSODY_METRICS),
+            pa.field("top_expressions", _EXPRESSIONS, nullable=False),
+            pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            _RUN_FIELD,
+        ]
+    ),
+)
+DATASET_TABLES[CALL_ANALYTICS_TABLE.name] = CALL_ANALYTICS_TABLE

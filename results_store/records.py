@@ -66,7 +66,8 @@ class JobIn:
 
     recording_id: int
     provider: Provider
-    model: str
+    model: str | None
+    """The model named to the provider; None for a Valence async upload (learned later)."""
     external_id: str
     status: JobStatus = JobStatus.SUBMITTED
     channel: int | None = None
@@ -125,7 +126,7 @@ class JobRef:
     id: int
     recording_id: int
     provider: Provider
-    model: str
+    model: str | None
     external_id: str
     channel: int | None
     status: JobStatus
@@ -167,7 +168,7 @@ class RecordingView:
 class JobView:
     id: int
     provider: Provider
-    model: str
+    model: str | None
     external_id: str
     channel: int | None
     status: JobStatus

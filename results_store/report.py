@@ -95,7 +95,7 @@ def _render_chain(chain: RecordingLineage) -> list[str]:
 def _render_job(job: JobView, recording_id: int) -> list[str]:
     owner = "" if job.recording_id == recording_id else f" (of recording #{job.recording_id})"
     lines = [
-        f"    job #{job.id}{owner} {job.provider.value} {job.model} external id {job.external_id}, "
+        f"    job #{job.id}{owner} {job.provider.value} {job.model or '(model not reported)'} external id {job.external_id}, "
         f"channel {_channel(job.channel)}: {job.status.value} after {job.attempts} attempt(s)",
         f"      submitted {_ts(job.submitted_at)}, completed {_ts(job.completed_at)}; "
         f"run {job.flow_run_id or '-'}, task run {job.task_run_id or '-'}",

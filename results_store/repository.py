@@ -64,7 +64,7 @@ from results_store.records import (
     Timeline,
     UtteranceView,
 )
-from valence_client.models import PROSODY_METRICS, EmotionSegment, ProsodyResult
+from valence_client.models import PROSODY_METRICS, EmotionSegment, ProsodyResult, timeline_model
 from valence_client.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,18 @@ def _upsert(
         if returning:
             out.extend(result.all())
     return out
+
+
+def upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+) -> None:
+    """Idempotent bulk write on a natural key, for tables kept by other rooms (analytics)."""
+    _upsert(session, model, rows, key=key, update=update)
 
 
 def _bulk_upsert(
@@ -456,17 +468,19 @@ def update_job(
 
 
 def find_resumable_job(
-    session: Session, recording_id: int, provider: Provider, *, model: str, channel: int | None = None
+    session: Session, recording_id: int, provider: Provider, *, model: str | None, channel: int | None = None
 ) -> JobRef | None:
     """The newest job of this recording/provider/model/channel that has not failed: a re-run
-    polls or fetches it instead of submitting again."""
+    polls or fetches it instead of submitting again. `model=None` (an upload that names no
+    model) matches any model: the job's model is what its result showed."""
     channel_match = ProviderJob.channel.is_(None) if channel is None else ProviderJob.channel == channel
+    model_match = sa.true() if model is None else ProviderJob.model == model
     job = session.execute(
         sa.select(ProviderJob)
         .where(
             ProviderJob.recording_id == recording_id,
             ProviderJob.provider == provider,
-            ProviderJob.model == model,
+            model_match,
             channel_match,
             ProviderJob.status != JobStatus.FAILED,
         )
@@ -513,7 +527,20 @@ def save_timelines(
     lengths = {job_id: len(segs) for job_id, segs in timelines.items()}
     _delete_beyond(session, EmotionSegmentRow, "segment_index", lengths)
     _record_db_outputs(session, [(jobs[j], "emotion_segments", n) for j, n in lengths.items()], flow_run_id)
+    _learn_models(session, jobs, timelines)
     return len(rows)
+
+
+def _learn_models(
+    session: Session, jobs: Mapping[int, ProviderJob], timelines: Mapping[int, Sequence[EmotionSegment]]
+) -> None:
+    """A job that named no model (async upload) gets the one its timeline shows (the label
+    set of its comprehensive predictions); without that evidence it stays NULL."""
+    for job_id, segments in timelines.items():
+        if jobs[job_id].model is None:
+            model = timeline_model(segments)
+            if model is not None:
+                jobs[job_id].model = model
 
 
 def save_prosody_result(session: Session, job_id: int, result: ProsodyResult, *, flow_run_id: str) -> int:
@@ -820,6 +847,12 @@ def _current_jobs(session: Session, recording_ids: Sequence[int]) -> dict[int, l
         rid: sorted(slot.values(), key=lambda j: (j.provider.value, _channel_order(j.channel)))
         for rid, slot in chosen.items()
     }
+
+
+def current_jobs(session: Session, recording_ids: Sequence[int]) -> dict[int, list[ProviderJob]]:
+    """The jobs whose results stand for each recording (see `_current_jobs`), for readers such
+    as the per-call analytics."""
+    return _current_jobs(session, recording_ids)
 
 
 def _keep_newest(slot: dict[tuple[Provider, int | None], ProviderJob], job: ProviderJob) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -24,7 +26,15 @@ def export_dataset(run_id: str, recording_ids: list[int] | None) -> list[str]:
     database so the dataset and the database agree row for row; the recordings become
     `completed`. `recording_ids` None: every stored recording, a crash's leftovers included."""
     rt = runtime()
-    return rt.store.export_stored(run_id, rt.settings.output_uri, recording_ids)
+    return rt.store.export_stored(run_id, rt.settings.output_uri, recording_ids, extra=_call_analytics)
+
+
+def _call_analytics(session: Any, recording_ids: Sequence[int]) -> list[tuple[Any, list[Any]]]:
+    """The per-call analytics table goes into the same dataset commit as the results."""
+    import analytics
+    from results_store.models import CALL_ANALYTICS_TABLE
+
+    return [(CALL_ANALYTICS_TABLE, analytics.dataset_records(session, recording_ids))]
 
 
 @task(

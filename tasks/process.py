@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from valence_pipeline.engine import Engine, RunScope
-from valence_pipeline.runtime import runtime
+from valence_pipeline.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,25 @@ def worker_name(batch_run_id: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{batch_run_id[:8]}:{uuid.uuid4().hex[:6]}"
 
 
+def analyse(rt: Runtime) -> Callable[[int], None]:
+    """What a call's emotions mean, computed the moment its results are stored."""
+    import analytics
+
+    def on_stored(recording_id: int) -> None:
+        with rt.store.store.session_scope() as session:
+            analytics.compute_and_store(session, recording_id, rt.settings)
+
+    return on_stored
+
+
 @task(name="process", task_run_name="process {n} recordings", cache_policy=NO_CACHE)
 def process(
     recording_ids: list[int], n: int, run_id: str, batch_run_id: str, resend_unknown: bool = False
 ) -> None:
     """Take these recordings from wherever they are to stored, failed or rejected."""
     scope = RunScope(run_id, batch_run_id, worker_name(batch_run_id), resend_unknown)
-    Engine(runtime(), scope).drive(recording_ids)
+    rt = runtime()
+    Engine(rt, scope, on_stored=analyse(rt)).drive(recording_ids)
 
 
 @task(name="sweep", task_run_name="sweep {n} recordings", cache_policy=NO_CACHE)
@@ -42,4 +54,5 @@ def sweep(recording_ids: list[int], n: int, run_id: str, others_done: Callable[[
     """While the night's batches run on the work pool: take over what a dead worker left
     (expired leases) and, once every batch has ended, anything nobody took."""
     scope = RunScope(run_id, run_id, worker_name(run_id))
-    Engine(runtime(), scope).drive(recording_ids, sweep_only=True, others_done=others_done)
+    rt = runtime()
+    Engine(rt, scope, on_stored=analyse(rt)).drive(recording_ids, sweep_only=True, others_done=others_done)

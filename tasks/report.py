@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_KEY = "valence-pipeline-summary"
 FILES_KEY = "valence-pipeline-files"
+PICTURES_KEY = "valence-pipeline-pictures"
 
 _ORDER = {"failed": 0, "rejected": 1, "superseded": 2}
 

@@ -442,6 +442,9 @@ class ValenceClient(ProviderClient):
             "part_size": settings.upload_part_size,
             "max_threads": settings.upload_threads,
             "show_progress": False,
+            # Every timeline row then carries all the model's scores, not only the top one;
+            # their label set is also how we learn which model produced an async job.
+            "comprehensive_output": True,
             "timeout": settings.http_timeout_s,
             "max_retries": settings.http_max_retries,
             "rate_limits": settings.valence_rate_limits,

@@ -9,6 +9,7 @@ shape the client cannot parse cannot be served either.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +19,8 @@ VALENCE_MODELS: dict[str, tuple[str, ...]] = {
     "4emotions": ("angry", "happy", "neutral", "sad"),
     "7emotions": ("happy", "sad", "angry", "neutral", "surprised", "disgusted", "calm"),
 }
+DEFAULT_VALENCE_MODEL: ValenceModel = "4emotions"
+"""What the API analyses with when it is told no model (the async upload sends none)."""
 SEGMENT_SECONDS = 5.0
 """The async API classifies one segment per 5 s of audio."""
 
@@ -132,6 +135,36 @@ class AsyncStatus(_Model):
     request_id: str | None = None
     status: AsyncStatusValue
     emotions: list[EmotionSegment] = Field(default_factory=list)
+
+    @property
+    def model(self) -> str | None:
+        """The model that produced this timeline: a `model` field if the server sends one,
+        else the model whose label set the comprehensive predictions cover, else None."""
+        reported = (self.model_extra or {}).get("model")
+        if isinstance(reported, str) and reported:
+            return reported
+        return timeline_model(self.emotions)
+
+
+def model_of_labels(labels: Iterable[str]) -> str | None:
+    """The Valence model with exactly these emotion labels, or None."""
+    names = frozenset(labels)
+    for model, known in VALENCE_MODELS.items():
+        if names == frozenset(known):
+            return model
+    return None
+
+
+def timeline_model(segments: Iterable[EmotionSegment]) -> str | None:
+    """The model a timeline came from, read off its `all_predictions` label set (present with
+    `comprehensive_output=true`); None when no segment carries them or the labels are unknown.
+
+    The async upload names no model, so this evidence is the only honest answer we have.
+    """
+    for segment in segments:
+        if segment.all_predictions:
+            return model_of_labels(segment.all_predictions)
+    return None
 
 
 class PresignedPart(_Model):

@@ -21,15 +21,17 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from results_store import repository as repo
 from results_store.db import Store, get_store
 from results_store.models import (
     FINISHED_STATUSES,
+    DatasetTable,
     JobStatus,
     PipelineRun,
     Provider,
@@ -47,6 +49,9 @@ from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
 from valence_pipeline.work import DueJob, RecordingState, WorkItem
 
 log = logging.getLogger(__name__)
+
+ExtraRows = Callable[[Session, Sequence[int]], list[tuple[DatasetTable, list[Any]]]]
+"""More dataset rows for some recordings, from a room above this one (per-call analytics)."""
 
 IN_FLIGHT = (RecordingStatus.UPLOADING, RecordingStatus.SUBMITTED)
 WAITING_JOBS = (JobStatus.SUBMITTED, JobStatus.PROCESSING)
@@ -374,7 +379,11 @@ class PipelineStore:
         """The newest job for this call that did not fail: resumed, never paid again."""
         with self.store.session_scope() as s:
             return repo.find_resumable_job(
-                s, item.recording_id, Provider(item.provider), model=item.model, channel=item.channel
+                s,
+                item.recording_id,
+                Provider(item.provider),
+                model=item.requested_model,
+                channel=item.channel,
             )
 
     def record_job(
@@ -391,7 +400,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=external_id,
             status=status,
             channel=item.channel,
@@ -427,7 +436,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=f"unsubmitted:{uuid.uuid4()}",
             status=JobStatus.FAILED,
             channel=item.channel,
@@ -444,7 +453,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=f"unknown:{uuid.uuid4()}",
             status=JobStatus.UNKNOWN,
             channel=item.channel,
@@ -479,7 +488,7 @@ class PipelineStore:
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
-            model=item.model,
+            model=item.requested_model,
             external_id=external_id,
             status=JobStatus.COMPLETED,
             channel=item.channel,
@@ -638,7 +647,11 @@ class PipelineStore:
 
     # --- the analytics dataset -----------------------------------------------------------
     def export_stored(
-        self, run_id: str, output_uri: str, recording_ids: Sequence[int] | None = None
+        self,
+        run_id: str,
+        output_uri: str,
+        recording_ids: Sequence[int] | None = None,
+        extra: ExtraRows | None = None,
     ) -> list[str]:
         """Stored recordings go to the dataset in one commit, then become `completed`: those of
         `recording_ids` (a batch's), or every stored one (a run's end: a crash's leftovers
@@ -667,7 +680,7 @@ class PipelineStore:
                             Recording.status.in_((RecordingStatus.STORED, RecordingStatus.FAILED)),
                         )
                     )
-        files = self.export_run(run_id, ids, output_uri)
+        files = self.export_run(run_id, ids, output_uri, extra)
         with self.store.session_scope() as s:
             for chunk in _chunks(ids, 500):
                 s.execute(
@@ -677,7 +690,9 @@ class PipelineStore:
                 )
         return files
 
-    def export_run(self, run_id: str, recording_ids: list[int], output_uri: str) -> list[str]:
+    def export_run(
+        self, run_id: str, recording_ids: list[int], output_uri: str, extra: ExtraRows | None = None
+    ) -> list[str]:
         """Merge this run's recordings into the dataset's Delta tables (one commit per table),
         and the files holding them into lineage; returns the files holding this run's rows."""
         from results_store.dataset import DatasetWriter
@@ -686,8 +701,11 @@ class PipelineStore:
             return []
         with self.store.session_scope() as s:
             rows = repo.dataset_rows(s, recording_ids)
+            more = extra(s, recording_ids) if extra is not None else []
         writer = DatasetWriter(output_uri, run_id)
         writer.add(rows)
+        for table, records in more:
+            writer.add_rows(table, records)
         result = writer.commit()
         with self.store.session_scope() as s:
             repo.record_dataset_commit(s, result)

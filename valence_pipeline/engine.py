@@ -139,8 +139,17 @@ class _Later:
 
 
 class Engine:
-    def __init__(self, rt: Runtime, scope: RunScope, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        scope: RunScope,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
         self.rt = rt
+        self.on_stored = on_stored
+        """Called with a recording's id once all its results are stored (per-call analytics)."""
         self.settings = rt.settings
         self.store = rt.store
         self.scope = scope
@@ -363,6 +372,7 @@ class Engine:
         source = self.store.reuse_results(rid, state.sha256, self.scope.run_id)
         if source is not None:
             log.info("%s has the same content as %s: reusing its results, nothing paid", state.uri, source)
+            self._stored(rid)
             self._let_go(rid)
             return None
         twin = self.store.take_content(rid, state.sha256)
@@ -660,4 +670,13 @@ class Engine:
             log.error("%s failed", items[0].obj.uri)
         else:
             log.info("%s: every result stored", items[0].obj.uri)
+            self._stored(rid)
         self._let_go(rid)
+
+    def _stored(self, rid: int) -> None:
+        if self.on_stored is None:
+            return
+        try:
+            self.on_stored(rid)
+        except Exception:
+            log.exception("recording %d: per-call analytics failed (results are stored)", rid)

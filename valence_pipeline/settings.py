@@ -79,6 +79,27 @@ class Settings(BaseSettings):
     discrete_max_bytes: int = 6 * 1024 * 1024
     min_confidence: float = 0.38
 
+    # per-call analytics (analytics/): what counts, who is who, where dimensions come from
+    channel_roles: dict[str, str] = Field(
+        default_factory=lambda: {"0": "agent", "1": "customer"},
+        description="Role of each channel of a split call, by channel number.",
+    )
+    negative_emotions: list[str] = Field(
+        default_factory=lambda: ["angry", "sad", "disgusted"],
+        description="Emotions that count as negative for the escalation flag and streaks.",
+    )
+    escalation_margin: float = Field(
+        default=0.2,
+        description="A call escalates when its negative share rises by more than this from the first third to the last.",
+    )
+    dimension_pattern: str | None = Field(
+        default="calls/{date}/{queue}/{agent}/{call_id}.wav",
+        description="Object-key pattern naming the dimensions; `{name}` matches one path segment.",
+    )
+    dimension_metadata: bool = Field(
+        default=True, description="Also take dimensions from the object's S3 user metadata (they win)."
+    )
+
     # transport / upload
     http_timeout_s: float = 30.0
     http_max_retries: int = 4
@@ -103,6 +124,9 @@ class Settings(BaseSettings):
     batch_deployment: str | None = Field(
         default=None,
         description="`flow/deployment` that runs a night's batches on the work pool; unset: in this process",
+    )
+    pictures_max_calls: int = Field(
+        default=300, description="draw the night's pictures in the run summary up to this many calls"
     )
     shared_rate_limits: bool = Field(
         default=True, description="count provider calls in the results database, shared by every worker"

@@ -31,6 +31,12 @@ class WorkItem:
     channel: int | None = None
 
     @property
+    def requested_model(self) -> str | None:
+        """The model named to the provider: None for a Valence async upload, which (as in the
+        public SDK) names none; the job learns its model from the result instead."""
+        return None if self.mode == "async" else self.model
+
+    @property
     def label(self) -> str:
         suffix = f" ch{self.channel}" if self.channel is not None else ""
         return f"{self.provider}/{self.mode} {self.obj.uri}{suffix}"

@@ -82,6 +82,26 @@ def test_async_upload_poll_and_timeline_helpers(
     assert sorted(int(r["path"].rsplit("/", 1)[1]) for r in parts) == [1, 2, 3]
 
 
+def test_async_comprehensive_output_names_every_score_and_no_model(
+    emu: EmulatorProcess, tmp_path: Path
+) -> None:
+    """The SDK's `comprehensive_output=True`: every timeline entry has all the model's scores.
+    The SDK's upload names no model, so the emulator records none asked for and analyses it
+    with the API's default."""
+    sdk = ValenceClient(
+        api_key=emu.valence_key, base_url=emu.base_url, show_progress=False, comprehensive_output=True
+    )
+    request_id = sdk.asynch.upload(str(wav(tmp_path / "call.wav", 20, seed=3)))
+    result = sdk.asynch.emotions(request_id, max_attempts=10, interval_seconds=1)
+    assert len(result["emotions"]) == 4
+    for entry in result["emotions"]:
+        assert set(entry["all_predictions"]) == set(VALENCE_MODELS["4emotions"])
+        assert entry["confidence"] == entry["all_predictions"][entry["emotion"]]
+    assert AsyncStatus.model_validate(result).model == "4emotions"
+    (entry,) = emu.ledger()["entries"]
+    assert entry["model"] is None and entry["analysed_with"] == "4emotions"
+
+
 def test_async_failed_job_raises_prediction_error(
     sdk: ValenceClient, emu: EmulatorProcess, tmp_path: Path
 ) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
-from tests.pipeline.helpers import child_flow_env, configure, count, paid, statuses
+from tests.pipeline.helpers import child_flow_env, configure, count, paid, query, statuses
 
 SAMPLES: tuple[SampleRecording, ...] = (
     SampleRecording("in/clip-6s.wav", 6),
@@ -23,6 +24,27 @@ SAMPLES: tuple[SampleRecording, ...] = (
     SampleRecording("in/hangup-2s.wav", 2, expect="rejected:too_short"),
     SampleRecording("in/garbled.wav", 10, corrupt=True, expect="rejected:unreadable"),
 )
+
+
+def assert_async_results_are_comprehensive(database_url: str, emu: Any) -> None:
+    """Every async timeline row carries all the model's scores, and each async job records
+    the model its result shows: the upload named none, so nothing pretends one was asked for."""
+
+    from results_store.models import EmotionSegmentRow, ProviderJob
+    from valence_client.models import VALENCE_MODELS
+
+    rows = query(
+        database_url,
+        sa.select(ProviderJob.model, EmotionSegmentRow.all_predictions)
+        .join(ProviderJob, ProviderJob.id == EmotionSegmentRow.job_id)
+        .where(~ProviderJob.external_id.startswith("discrete:")),
+    )
+    assert rows
+    for model, predictions in rows:
+        assert model == "4emotions"  # the API's default analysed them
+        assert set(predictions) == set(VALENCE_MODELS["4emotions"])
+    uploads = [e for e in emu.ledger()["entries"] if e["kind"] == "valence_async"]
+    assert uploads and all(e["model"] is None and e["analysed_with"] == "4emotions" for e in uploads)
 
 
 def run_nightly(source: str) -> dict[str, Any]:
@@ -60,6 +82,7 @@ def test_bucket_of_good_and_bad_recordings_ends_in_terminal_states(
     first = paid(emu)
     assert first["valsea_job"] == 4
     assert first["valence_async"] + first["valence_discrete"] == 4
+    assert_async_results_are_comprehensive(database_url, emu)
 
     # The dataset (Delta tables) and the database agree row for row.
     from results_store.dataset import read_table
@@ -148,6 +171,8 @@ def test_killed_run_resumes_without_uploading_again(
     make_emulator: Any,
     tmp_path: Path,
 ) -> None:
+    import os
+    import signal
     import subprocess
     import sys
     import time
@@ -160,7 +185,10 @@ def test_killed_run_resumes_without_uploading_again(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
     env = child_flow_env(tmp_path / "child-prefect")
-    child = subprocess.Popen([sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env)
+    # Its own process group: the kill takes the temporary Prefect server it started along.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     try:
         # Kill once every upload is complete (billed) but before results are in.
@@ -169,7 +197,7 @@ def test_killed_run_resumes_without_uploading_again(
                 break
             time.sleep(0.2)
     finally:
-        child.kill()
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     uploads_before = paid(emu)["valence_async"]
     assert uploads_before == len(samples)

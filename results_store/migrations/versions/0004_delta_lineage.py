@@ -1,7 +1,7 @@
 """Lineage records the Delta table version whose commit added each dataset file.
 
 Revision ID: 0002_delta_lineage
-Revises: 0001
+Revises: 0002_run_crashed
 Create Date: 2026-11-29
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002_delta_lineage"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_run_crashed"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
