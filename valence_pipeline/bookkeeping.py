@@ -464,23 +464,54 @@ class PipelineStore:
         with self.store.session_scope() as s:
             return repo.upsert_provider_job(s, job)
 
-    def unknown_job(self, item: WorkItem) -> bool:
-        """Whether this call's last attempt has an unknown outcome (and nothing newer exists)."""
-        channel_match = (
-            ProviderJob.channel.is_(None) if item.channel is None else ProviderJob.channel == item.channel
+    def job_sent(self, job_id: int, *, external_id: str, next_poll_at: float, attempts: int = 1) -> None:
+        """The provider accepted the call: its id replaces the placeholder of the intent."""
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(
+                    external_id=external_id,
+                    status=JobStatus.SUBMITTED,
+                    attempts=attempts,
+                    error_code=None,
+                    error_message=None,
+                    next_poll_at=_at(next_poll_at),
+                    updated_at=utcnow(),
+                )
+            )
+
+    def drop_job(self, job_id: int) -> None:
+        """An intent that certainly never reached the provider leaves no job behind."""
+        with self.store.session_scope() as s:
+            s.execute(sa.delete(ProviderJob).where(ProviderJob.id == job_id))
+
+    def record_sending(self, item: WorkItem, *, run_id: str | None) -> int:
+        """The intent of a create call that has no idempotency key, stored before it is sent."""
+        job = JobIn(
+            recording_id=item.recording_id,
+            provider=Provider(item.provider),
+            model=item.requested_model,
+            external_id=f"sending:{uuid.uuid4()}",
+            status=JobStatus.UPLOADING,
+            channel=item.channel,
+            flow_run_id=run_id,
         )
         with self.store.session_scope() as s:
-            newest = s.execute(
-                sa.select(ProviderJob.status)
-                .where(
-                    ProviderJob.recording_id == item.recording_id,
-                    ProviderJob.provider == Provider(item.provider),
-                    channel_match,
+            return repo.upsert_provider_job(s, job)
+
+    def mark_unknown(self, job_id: int, message: str) -> None:
+        with self.store.session_scope() as s:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(
+                    status=JobStatus.UNKNOWN,
+                    error_code="outcome_unknown",
+                    error_message=message[:2000],
+                    updated_at=utcnow(),
                 )
-                .order_by(ProviderJob.submitted_at.desc(), ProviderJob.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            return newest == JobStatus.UNKNOWN
+            )
 
     def store_discrete(self, item: WorkItem, external_id: str, segment: EmotionSegment, run_id: str) -> int:
         """A discrete answer is the result itself: job and its one segment in one transaction,

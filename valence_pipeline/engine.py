@@ -56,6 +56,8 @@ VALENCE_HAS_AUDIO = {"upload_completed", "processing", "completed"}
 VALSEA_HAS_AUDIO = {"queued", "in_progress", "completed"}
 DONE = {"completed", "rejected", "superseded", "failed", "stored"}
 VALSEA_NO_CREDITS = "valsea_out_of_credits"
+SENDING = "sending:"
+"""External id of a Valsea submit on its way (the provider's id is not known until it answers)."""
 
 
 @dataclass(frozen=True)
@@ -437,10 +439,10 @@ class Engine:
         except ObjectChangedError as exc:
             self._supersede(item.recording_id, exc)
         except APIConnectionError as exc:
-            if item.provider == "valsea" and exc.may_have_arrived and not self.settings.resend_unknown:
-                # Valsea's submit has no idempotency key: sending it again could pay twice.
+            if item.provider == "valsea" and exc.may_have_arrived:
+                # Valsea's submit has no idempotency key: sending it again could pay twice. The
+                # job stays `unknown` (see `_submit_prosody`); `retry-failed` decides.
                 log.warning("%s: the answer to the submit was lost; outcome unknown, not resent", item.label)
-                self.store.record_unknown(item, message=str(exc), run_id=self.scope.batch_run_id)
             else:
                 self._send_failed(item, exc)
         except Exception as exc:
@@ -482,7 +484,13 @@ class Engine:
                 self.scope.resend_unknown or self.settings.resend_unknown
             ):
                 return  # stays unknown; the recording ends failed saying so
-            if job.status == JobStatus.UPLOADING and self._provider_has(item, job.external_id):
+            if job.status == JobStatus.UPLOADING and job.external_id.startswith(SENDING):
+                # A worker died while this submit was on its way: Valsea may have it.
+                self.store.mark_unknown(job.id, "the worker stopped while the submit was on its way")
+                if not (self.scope.resend_unknown or self.settings.resend_unknown):
+                    log.warning("%s: a stopped worker's submit may have arrived; not resent", item.label)
+                    return
+            elif job.status == JobStatus.UPLOADING and self._provider_has(item, job.external_id):
                 log.info("resuming %s: the provider already has it as %s", item.label, job.external_id)
                 self.store.job_submitted(job.id, self._first_poll(item))
                 self.wake.set()
@@ -540,27 +548,35 @@ class Engine:
                 self.store.job_submitted(job_ids[0], self._first_poll(item))
                 log.info("%s: uploaded as %s", item.label, request_id)
             else:
-                s = self.settings
-                job = self.rt.valsea.submit(
-                    stream,
-                    file_name=name,
-                    size=size,
-                    language=s.valsea_language,
-                    granularity=s.valsea_granularity,
-                    response_format=s.valsea_response_format,
-                )
-                self.store.record_job(
-                    item,
-                    external_id=job.job_id,
-                    status=JobStatus.SUBMITTED,
-                    run_id=self.scope.batch_run_id,
-                    next_poll_at=self._first_poll(item),
-                    attempts=attempts,
-                )
-                log.info("%s: submitted as %s", item.label, job.job_id)
+                self._submit_prosody(item, stream, size, name, attempts)
             self.wake.set()
         finally:
             payload.close()
+
+    def _submit_prosody(self, item: WorkItem, stream: Any, size: int, name: str, attempts: int) -> None:
+        """Valsea's submit has no idempotency key and no way to list jobs: the intent is stored
+        first (an `unknown` job), so a process that dies while sending leaves a job whose
+        outcome is unknown, which is never blindly sent again, instead of no trace at all."""
+        s = self.settings
+        marker = self.store.record_sending(item, run_id=self.scope.batch_run_id)
+        try:
+            job = self.rt.valsea.submit(
+                stream, file_name=name, size=size, language=s.valsea_language,
+                granularity=s.valsea_granularity, response_format=s.valsea_response_format,
+            )  # fmt: skip
+        except APIConnectionError as exc:
+            if exc.may_have_arrived:
+                self.store.mark_unknown(marker, str(exc))
+            else:
+                self.store.drop_job(marker)  # it never reached Valsea: free to send again
+            raise
+        except BaseException:
+            self.store.drop_job(marker)  # Valsea answered no, or nothing was sent
+            raise
+        self.store.job_sent(
+            marker, external_id=job.job_id, next_poll_at=self._first_poll(item), attempts=attempts
+        )
+        log.info("%s: submitted as %s", item.label, job.job_id)
 
     # --- the harvester --------------------------------------------------------------------
     def _harvest_loop(self) -> None:
