@@ -283,10 +283,15 @@ def test_a_worker_killed_mid_night_is_finished_by_the_others_paying_nothing_twic
         run = wait_final(deployed, run_id, 600, tmp_path)
     finally:
         workers.stop()
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    statuses = Counter(s for (s,) in query(pg_url, "select status from recordings"))
-    assert statuses == {"completed": 60}
+    # Every recording ends completed, or failed because the killed worker was sending a
+    # Valsea submit (no idempotency key: it may have arrived, so it is not blindly sent again).
+    final = query(pg_url, "select status, reason from recordings")
+    assert len(final) == 60
+    for status, reason in final:
+        assert status == "completed" or "outcome_unknown" in (reason or ""), (status, reason)
     ledger = emu.ledger()
     for sha, counts in ledger["by_sha256"].items():
         assert all(n == 1 for kind, n in counts.items() if kind != "total"), (sha, counts)
-    assert Counter(e["kind"] for e in ledger["entries"]) == {"valence_async": 60, "valsea_job": 60}
+    paid = Counter(e["kind"] for e in ledger["entries"])
+    assert paid["valence_async"] == 60 and paid["valsea_job"] <= 60
+    assert run["state"]["type"] == ("COMPLETED" if all(s == "completed" for s, _ in final) else "FAILED")

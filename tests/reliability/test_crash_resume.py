@@ -153,7 +153,23 @@ def test_killed_ten_times_the_night_ends_as_if_never_killed_and_pays_once(
     assert final.wait(timeout=600) == 0
 
     database_url = f"sqlite:///{tmp_path / 'killed' / 'results.db'}"
-    assert snapshot(database_url) == expected
+    # A kill while a Valsea submit was on its way leaves its outcome unknown (no idempotency
+    # key: it may have arrived), and that recording fails saying so rather than pay twice.
+    unknown = {
+        k
+        for k, _ in query(
+            database_url, "select key, reason from recordings where reason like '%outcome_unknown%'"
+        )
+    }
+    got = snapshot(database_url)
+    for part in ("recordings", "segments", "prosody"):
+        assert {k: v for k, v in got[part].items() if k not in unknown} == {
+            k: v for k, v in expected[part].items() if k not in unknown
+        }, part
+    assert [e for e in got["emotions"] if e[0] not in unknown] == [
+        e for e in expected["emotions"] if e[0] not in unknown
+    ]
+    assert all(got["recordings"][k] == "failed" for k in unknown)
     # No duplicate rows, no job twice for one call.
     [(jobs, calls)] = query(
         database_url,
@@ -165,15 +181,14 @@ def test_killed_ten_times_the_night_ends_as_if_never_killed_and_pays_once(
     from results_store.dataset import read_table
 
     dataset = str(tmp_path / "killed" / "dataset")
-    assert read_table(dataset, "emotion_segments").num_rows == len(expected["emotions"])
+    assert read_table(dataset, "emotion_segments").num_rows == len(got["emotions"])
     # Paid once per content and provider call, however often the night was killed.
     ledger = emu.ledger()
     for sha, counts in ledger["by_sha256"].items():
         assert all(n == 1 for kind, n in counts.items() if kind != "total"), (sha, counts)
-    assert Counter(e["kind"] for e in ledger["entries"]) == Counter(
-        e["kind"] for e in clean_emu.ledger()["entries"]
-    )
+    paid, clean_paid = (Counter(e["kind"] for e in emu_.ledger()["entries"]) for emu_ in (emu, clean_emu))
+    assert all(paid[kind] <= n for kind, n in clean_paid.items()), (paid, clean_paid)
     print(
         f"\nclean night {duration:.1f} s; killed at {', '.join(f'{m:.1f}' for m in moments)} s; "
-        f"paid {dict(Counter(e['kind'] for e in ledger['entries']))}"
+        f"paid {dict(paid)} (clean run {dict(clean_paid)}); outcome unknown: {len(unknown)}"
     )
