@@ -43,7 +43,7 @@ def _open(args: argparse.Namespace) -> Any:
 
     settings = get_settings()
     try:
-        return settings, db.Store(args.database_url or settings.database_url)
+        return settings, db.Store(args.database_url or settings.database_url.get_secret_value())
     except db.SchemaError as exc:
         print(str(exc), file=sys.stderr)
         return settings, None

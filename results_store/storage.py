@@ -54,6 +54,19 @@ class Location:
         with self.fs.open_input_stream(self.path(rel)) as stream:
             return bytes(stream.read())
 
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write `rel` whole (pictures beside the tables): S3 shows a whole object or none; a
+        local file is written beside its place and renamed in."""
+        if not self.is_s3:
+            self.fs.create_dir(self.path(rel).rsplit("/", 1)[0], recursive=True)
+            tmp = f"{self.path(rel)}.tmp"
+            with self.fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            self.fs.move(tmp, self.path(rel))
+            return
+        with self.fs.open_output_stream(self.path(rel)) as stream:
+            stream.write(data)
+
     def list(self, rel_dir: str, *, recursive: bool = False) -> list[Entry]:
         selector = pafs.FileSelector(self.path(rel_dir), recursive=recursive, allow_not_found=True)
         prefix = self.root + "/"
