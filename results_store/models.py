@@ -748,6 +748,7 @@ CALL_ANALYTICS_TABLE = DatasetTable(
     version=1,
     partition_by=("processing_date",),
     record=CallAnalyticsRecord,
+    natural_key=("recording_id", "scope"),
     schema=pa.schema(
         [
             *_LINEAGE_FIELDS,
