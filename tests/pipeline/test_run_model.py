@@ -149,3 +149,43 @@ def test_valsea_out_of_credits_is_a_fact_of_the_run_not_of_the_process(
     reasons = [r for s, r in statuses(database_url).values() if s == "failed"]
     assert reasons and all("insufficient_credits" in (r or "") for r in reasons)
     assert "insufficient credits" in state.result(raise_on_failure=False).result["summary"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_lost_valsea_submit_answer_is_unknown_and_only_an_operators_retry_sends_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    from flows.ingest import retry_failed, run_to_result
+    from valence_client import ValseaClient
+    from valence_client.errors import APIConnectionError
+
+    upload_samples(s3_client, bucket, (SampleRecording("in/lost.wav", 20),))
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset")
+    real = ValseaClient.submit
+
+    def answer_lost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)  # Valsea has the job (and bills it) ...
+        raise APIConnectionError("valsea: POST /v1/prosody failed: the answer was lost", provider="valsea")
+
+    monkeypatch.setattr(ValseaClient, "submit", answer_lost)
+    assert night(f"s3://{bucket}/in/").is_failed()
+    [(status, reason)] = statuses(database_url).values()
+    assert status == "failed" and "valsea: outcome_unknown" in (reason or "")
+    assert paid(emu)["valsea_job"] == 1
+
+    monkeypatch.setattr(ValseaClient, "submit", real)
+    assert night(f"s3://{bucket}/in/").is_failed()  # the nightly run does not send it again
+    assert paid(emu)["valsea_job"] == 1
+
+    from valence_pipeline.runtime import reset_runtime
+
+    reset_runtime()
+    result = run_to_result(retry_failed)  # an operator's retry does
+    assert result["completed"] == 1
+    assert paid(emu)["valsea_job"] == 2 and paid(emu)["valence_async"] == 1
