@@ -78,7 +78,7 @@ def _ours(source: Any, size: int | None = None, file_name: str | None = None) ->
         api_key=os.environ["VALENCE_API_KEY"],
         base_url=os.environ["VALENCE_API_BASE_URL"],
         show_progress=False,
-        memory_budget_mb=MEMORY_BUDGET_MB,
+        memory_budget_mb=float(os.environ.get("BENCH_MEMORY_MB", MEMORY_BUDGET_MB)),
     )
     total = size if size is not None else os.path.getsize(source)
     landed = {"bytes": 0, "at": 0.0}
@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the median is shown (default 3)")
     parser.add_argument("--no-wan", action="store_true", help="skip the simulated WAN link")
     parser.add_argument(
+        "--memory-mb", type=float, default=MEMORY_BUDGET_MB, help="our clients' upload memory budget"
+    )
+    parser.add_argument(
         "--rows", default=",".join(m for m, _ in ROWS), help="comma-separated subset of rows (for tuning)"
     )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
@@ -315,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run_child(*args.child)
         return 0
+    os.environ["BENCH_MEMORY_MB"] = str(args.memory_mb)  # the children inherit it
     size = args.size_mb * MiB
     modes = [m for m in args.rows.split(",") if m]
     print(
