@@ -26,10 +26,38 @@ def register(subparsers: Any) -> None:
     show.add_argument("--limit", type=int, default=50, help="rows to print (default 50; 0 = all)")
     _output_uri(show)
     show.set_defaults(func=_show)
+    export = actions.add_parser("export", help="commit stored recordings to the dataset (what runs do)")
+    export.add_argument("--run-id", required=True)
+    export.add_argument("--recordings", help="comma-separated recording ids (default: every stored one)")
+    export.set_defaults(func=_export)
+    compact = actions.add_parser("compact", help="merge small files and vacuum (what the nightly run does)")
+    compact.add_argument("--run-id", required=True)
+    compact.set_defaults(func=_compact)
     history = actions.add_parser("history", help="a table's versions: when, which operation, which run")
     history.add_argument("table")
     _output_uri(history)
     history.set_defaults(func=_history)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from tasks.persist import export_now
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging("WARNING")
+    ids = [int(i) for i in args.recordings.split(",") if i] if args.recordings is not None else None
+    print(json.dumps(export_now(args.run_id, ids)))
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from tasks.persist import compact_now
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging("WARNING")
+    print(compact_now(args.run_id))
+    return 0
 
 
 def _output_uri(parser: argparse.ArgumentParser) -> None:

@@ -330,7 +330,6 @@ class Engine:
             items = plan_work(state, self.settings)
             for item in items:
                 self._queue_send(item)
-            self._finalize(rid, items)
         except RunAborted:
             raise
         except ObjectChangedError as exc:
@@ -449,8 +448,6 @@ class Engine:
             if not is_transient(exc) and not isinstance(exc, ValenceSDKException):
                 raise
             self._send_failed(item, exc)
-        finally:
-            self._finalize(item.recording_id)
 
     def _send_failed(self, item: WorkItem, exc: BaseException) -> None:
         if isinstance(exc, ValenceSDKException) and not exc.retryable:
@@ -669,7 +666,15 @@ class Engine:
         return False
 
     # --- finishing a recording ------------------------------------------------------------------
-    def _finalize(self, rid: int, items: list[WorkItem] | None = None) -> None:
+    def _finalize(self, rid: int, items: list[WorkItem] | None = None, *, pieces_of_mine: int = 0) -> None:
+        """Settle the recording's state from its jobs, unless calls for it are still queued or
+        running here (a retry's new call must not be judged by the failed call it replaces).
+        `pieces_of_mine`: the caller's own queued piece, counted in `active`."""
+        with self._lock:
+            if self.active.get(rid, 0) > pieces_of_mine:
+                return
+        if rid in self.later.pending():
+            return  # a call of it waits for its retry here
         if items is None:
             state = self.store.load_recording(rid)
             if state.info is None or state.route is None or state.sha256 is None:

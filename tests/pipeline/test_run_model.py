@@ -43,11 +43,11 @@ def test_a_recording_whose_step_always_raises_fails_alone_and_the_run_says_so(
     real = engine.open_payload
     tries: list[str] = []
 
-    def flaky(s3: Any, item: Any) -> Any:
-        if item.obj.key == "in/r2.wav":
-            tries.append(item.provider)
+    def flaky(s3: Any, obj: Any, info: Any, provider: Any, channel: Any = None) -> Any:
+        if obj.key == "in/r2.wav":
+            tries.append(provider)
             raise ConnectionResetError("connection reset by peer (injected)")
-        return real(s3, item)
+        return real(s3, obj, info, provider, channel)
 
     monkeypatch.setattr(engine, "open_payload", flaky)
     state = night(f"s3://{bucket}/in/")
