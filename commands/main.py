@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "commands.run",
     "commands.db",
     "commands.notify",
+    "commands.events",
 )
 
 

@@ -9,7 +9,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from valence_pipeline.runtime import runtime
-from valence_pipeline.s3 import ObjectVersion, head_version, list_latest_versions, parse_s3_uri
+from valence_pipeline.s3 import (
+    ObjectVersion,
+    head_version,
+    list_latest_versions,
+    parse_object_uri,
+    parse_s3_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,11 @@ def discover(
     cache_policy=NO_CACHE,
 )
 def resolve(uris: list[str]) -> list[ObjectVersion]:
-    """The current version of each given object (what an upload event names)."""
+    """Each given object at the version its URI names (`s3://b/k?versionId=V`, what an upload
+    event carries), or at its current version (`s3://b/k`)."""
     rt = runtime()
     out = []
     for uri in uris:
-        bucket, key = parse_s3_uri(uri)
-        out.append(head_version(rt.s3, bucket, key))
+        bucket, key, version_id = parse_object_uri(uri)
+        out.append(head_version(rt.s3, bucket, key, version_id))
     return out

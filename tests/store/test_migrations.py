@@ -22,8 +22,8 @@ EXTRA_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "9999_test_only"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -80,15 +80,16 @@ def test_store_refuses_a_database_stamped_back_to_base(migrated_url: str) -> Non
 def test_database_behind_newer_code_is_refused_until_upgraded(
     migrated_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Code that ships revision 0002 meets a database at 0001: refused, then upgraded."""
+    """Code that ships one more revision meets a database at today's head: refused, then upgraded."""
+    head = db.head_revision()
     scripts = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test_only.py").write_text(EXTRA_REVISION)
+    (scripts / "versions" / "9999_test_only.py").write_text(EXTRA_REVISION.replace("{head}", head))
     monkeypatch.setattr(db, "MIGRATIONS_DIR", scripts)
 
     with pytest.raises(db.SchemaBehindError) as err:
         db.Store(migrated_url)
-    assert "database schema is at 0001, code needs 0002" in str(err.value)
+    assert f"database schema is at {head}, code needs 9999_test_only" in str(err.value)
     assert main(["db", "upgrade", "--database-url", migrated_url]) == 0
     store = db.Store(migrated_url)
     try:

@@ -1,0 +1,132 @@
+"""The HTTP endpoint object stores POST their notifications to (an ASGI app; the command serves
+it with uvicorn).
+
+Every request must carry the shared secret, in any of the forms the senders can be configured
+to send: `Authorization: Bearer <secret>` (MinIO's `auth_token`, an EventBridge API
+destination), the `X-Valence-Pipeline-Token` header, HTTP Basic with the secret as password
+(SNS: `https://user:<secret>@host/`), or a `token` query parameter (SNS, Ceph push endpoints).
+It is compared in constant time and never logged; uvicorn's access log, which would print the
+query string, stays off.
+
+Answers: 200 with counts (duplicates and redeliveries included: a version noticed before is
+simply not new), 401 without the secret, 400 for a body that is not a notification, 413 for
+an oversized body, 503 when the database cannot take the notices (senders retry).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+
+from notifications.messages import NotificationError, ObjectNotice, parse_notification
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+"""SNS messages are at most 256 KiB; S3 sends one record per request."""
+
+TOKEN_HEADER = "x-valence-pipeline-token"  # noqa: S105 - a header name, not a secret
+_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+
+Record = Callable[[list[ObjectNotice]], int]
+"""Stores notices; returns how many were new."""
+Fetch = Callable[[str], None]
+"""GETs an SNS SubscribeURL (raises when it fails)."""
+
+
+def fetch_sns_subscribe_url(url: str) -> None:
+    """Confirm an SNS subscription, only ever against AWS's own SNS hosts (the URL comes from
+    the request body: anything else would let a caller make this server fetch any URL)."""
+    import requests
+
+    parsed = urlparse(url)
+    if parsed.scheme != "https" or not _SNS_HOST.fullmatch(parsed.hostname or ""):
+        raise NotificationError("SubscribeURL is not an https URL of Amazon SNS")
+    requests.get(url, timeout=10).raise_for_status()
+
+
+def _presented(request: Request) -> list[str]:
+    """Every secret the request offers, in the forms senders use."""
+    offered = []
+    header = request.headers.get(TOKEN_HEADER)
+    if header:
+        offered.append(header)
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        offered.append(value.strip())
+    elif scheme.lower() == "basic" and value:
+        try:
+            offered.append(base64.b64decode(value.strip(), validate=True).decode().partition(":")[2])
+        except (binascii.Error, UnicodeDecodeError):
+            pass
+    token = request.query_params.get("token")
+    if token:
+        offered.append(token)
+    return offered
+
+
+def _authorized(request: Request, secret: bytes) -> bool:
+    # Compare every offered value (no early exit) in constant time.
+    results = [hmac.compare_digest(value.encode(), secret) for value in _presented(request)]
+    return any(results)
+
+
+def create_app(secret: SecretStr, record: Record, fetch: Fetch = fetch_sns_subscribe_url) -> FastAPI:
+    if not secret.get_secret_value():
+        raise ValueError("the webhook needs a non-empty shared secret")
+    key = secret.get_secret_value().encode()
+    app = FastAPI(title="valence-pipeline upload notifications", docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/")
+    async def receive(request: Request) -> JSONResponse:
+        client = request.client.host if request.client else "?"
+        if not _authorized(request, key):
+            log.warning("notification from %s refused: no valid secret", client)
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            log.warning("notification from %s refused: %d bytes", client, len(body))
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            parsed = parse_notification(body)
+            if parsed.confirmation is not None:
+                fetch(parsed.confirmation.subscribe_url)
+                log.info("SNS subscription to %s confirmed", parsed.confirmation.topic_arn)
+                return JSONResponse({"confirmed": parsed.confirmation.topic_arn})
+        except NotificationError as exc:
+            log.warning("notification from %s rejected: %s", client, exc)
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except Exception as exc:  # noqa: BLE001 - the confirmation fetch failed: SNS retries
+            log.warning("SNS subscription confirmation failed: %s", type(exc).__name__)
+            return JSONResponse({"error": "confirmation failed"}, status_code=503)
+        try:
+            new = record(parsed.notices) if parsed.notices else 0
+        except Exception:  # e.g. the database is down: the sender retries later
+            log.exception("could not record %d notice(s) from %s", len(parsed.notices), client)
+            return JSONResponse({"error": "not recorded, try again"}, status_code=503)
+        log.info(
+            "notification from %s: %d object(s), %d new, %d other event(s)",
+            client,
+            len(parsed.notices),
+            new,
+            parsed.ignored,
+        )
+        return JSONResponse(
+            {"objects": len(parsed.notices), "new": new, "ignored": parsed.ignored}, status_code=200
+        )
+
+    return app
