@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "commands.db",
     "commands.notify",
     "commands.events",
+    "commands.deploy",
 )
 
 
