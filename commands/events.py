@@ -106,7 +106,7 @@ def _webhook(args: argparse.Namespace) -> int:
         target=_dispatch_until, args=(dispatcher, stop), name="upload-events", daemon=True
     )
     sender.start()
-    app = create_app(settings.events_secret, record)
+    app = create_app(settings.events_secret, record, suffixes=settings.audio_suffixes)
     try:
         # No access log: it would print query strings, and the secret may be one.
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")

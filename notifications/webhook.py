@@ -20,7 +20,7 @@ import binascii
 import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlparse
 
 from fastapi import FastAPI, Request
@@ -81,7 +81,14 @@ def _authorized(request: Request, secret: bytes) -> bool:
     return any(results)
 
 
-def create_app(secret: SecretStr, record: Record, fetch: Fetch = fetch_sns_subscribe_url) -> FastAPI:
+def create_app(
+    secret: SecretStr,
+    record: Record,
+    fetch: Fetch = fetch_sns_subscribe_url,
+    suffixes: Sequence[str] | None = None,
+) -> FastAPI:
+    """`suffixes`: only keys ending so (case-insensitive) are recorded, e.g. the audio
+    suffixes; others count as ignored (a bucket notification usually covers every key)."""
     if not secret.get_secret_value():
         raise ValueError("the webhook needs a non-empty shared secret")
     key = secret.get_secret_value().encode()
@@ -113,6 +120,12 @@ def create_app(secret: SecretStr, record: Record, fetch: Fetch = fetch_sns_subsc
         except Exception as exc:  # noqa: BLE001 - the confirmation fetch failed: SNS retries
             log.warning("SNS subscription confirmation failed: %s", type(exc).__name__)
             return JSONResponse({"error": "confirmation failed"}, status_code=503)
+        wanted = parsed.notices
+        if suffixes is not None:
+            ends = tuple(x.lower() for x in suffixes)
+            wanted = [n for n in parsed.notices if n.key.lower().endswith(ends)]
+            parsed.ignored += len(parsed.notices) - len(wanted)
+            parsed.notices = wanted
         try:
             new = record(parsed.notices) if parsed.notices else 0
         except Exception:  # e.g. the database is down: the sender retries later

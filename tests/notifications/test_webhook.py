@@ -305,3 +305,12 @@ def test_a_database_failure_is_a_503_the_sender_retries(caplog: pytest.LogCaptur
 def test_an_empty_secret_is_refused_at_start(store: Store) -> None:
     with pytest.raises(ValueError, match="non-empty shared secret"):
         create_app(SecretStr(""), _record_into(store))
+
+
+def test_only_audio_keys_are_recorded_when_asked(store: Store) -> None:
+    app = TestClient(create_app(SecretStr(SECRET), _record_into(store), suffixes=[".wav", ".flac"]))
+    body = samples.aws_s3(
+        samples.s3_record("calls/a.WAV"), samples.s3_record("calls/notes.txt"), samples.s3_record("b.flac")
+    )
+    assert post(app, body).json() == {"objects": 2, "new": 2, "ignored": 1}
+    assert [k for _, k, *_ in notices(store)] == ["calls/a.WAV", "b.flac"]
