@@ -8,10 +8,12 @@ batches (`VALENCE_PIPELINE_EVENTS_BATCH_MAX_OBJECTS` / `..._MAX_WAIT_S`) as the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -107,15 +109,38 @@ def _webhook(args: argparse.Namespace) -> int:
     )
     sender.start()
     app = create_app(settings.events_secret, record, suffixes=settings.audio_suffixes)
+    # No access log: it would print query strings, and the secret may be one.
+    server = _server_class()(
+        uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    )
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
-        # No access log: it would print query strings, and the secret may be one.
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+        server.run()
     finally:
         stop.set()
         sender.join(timeout=30)
         _flush(dispatcher)
         store.dispose()
     return 0
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT once it has stopped, which would kill the process
+        before the waiting notices are sent; here the command's own handlers stop it."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
 
 
 def _watch(args: argparse.Namespace) -> int:

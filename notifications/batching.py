@@ -39,9 +39,17 @@ class Dispatcher:
                 ledger.claim_batch(s, self.max_objects)
         with self.store.session_scope() as s:
             batches = ledger.unsent_batches(s)
+        sent, failure = 0, None
         for batch in batches:
-            self.emit(batch)  # raising leaves it unsent: the next tick tries again
+            try:
+                self.emit(batch)
+            except Exception as exc:  # noqa: BLE001 - left unsent for the next tick; the others still go
+                failure = failure or exc
+                continue
             with self.store.session_scope() as s:
                 ledger.mark_sent(s, batch.batch_id)
+            sent += 1
             log.info("upload event %s sent for %d object(s)", batch.batch_id, len(batch.objects))
-        return len(batches)
+        if failure is not None:
+            raise failure
+        return sent

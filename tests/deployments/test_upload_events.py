@@ -30,6 +30,7 @@ from tests.deployments.test_prefect_server import (
     wait_for_runs,
     worker_env,
 )
+from tests.fixtures.emulator import LONG_RETENTION_S
 from tests.fixtures.prefect_server import PrefectServer, read_json
 from tests.notifications import samples
 from tests.pipeline.helpers import query
@@ -79,13 +80,13 @@ def events_env(env: dict[str, str], **extra: str) -> dict[str, str]:
     return {**env, "VALENCE_PIPELINE_EVENTS_SECRET": SECRET, **extra}
 
 
-def start_webhook(services: list[Service], env: dict[str, str], log_path: Path) -> str:
+def start_webhook(services: list[Service], env: dict[str, str], log_path: Path) -> tuple[str, Service]:
     port = free_ports(1)[0]
     hook = Service(["events", "webhook", "--host", "127.0.0.1", "--port", str(port)], env, log_path).start()
     services.append(hook)
     url = f"http://127.0.0.1:{port}"
     _wait(lambda: _healthy(url), f"webhook not up:\n{hook.log_path}", hook)
-    return url
+    return url, hook
 
 
 def _healthy(url: str) -> bool:
@@ -144,7 +145,7 @@ def test_an_s3_notification_runs_exactly_the_announced_version(
     deployed.start_worker(POOL, "w-webhook", env, tmp_path / "worker.log")
     upload = deployment(deployed, "process-recordings/on-upload")
     before = len(flow_runs(deployed, upload["id"]))
-    url = start_webhook(services, env, tmp_path / "webhook.log")
+    url, hook = start_webhook(services, env, tmp_path / "webhook.log")
     try:
         body = notification(bucket, key, v1, etag1)
         resp = requests.post(url, data=body, headers={"Authorization": f"Bearer {SECRET}"}, timeout=10)
@@ -155,6 +156,8 @@ def test_an_s3_notification_runs_exactly_the_announced_version(
         runs = wait_for_runs(deployed, upload["id"], before + 1)
     finally:
         deployed.stop_workers()
+    hook.stop()  # SIGTERM, as a service manager stops it
+    assert hook.proc is not None and hook.proc.returncode == 0, hook.log()
     announced = object_uri(bucket, key, v1)
     assert "?versionId=" in announced
     [run] = [r for r in runs if str(r["parameters"].get("uris", [""])[0]).startswith(f"s3://{bucket}/")]
@@ -163,6 +166,36 @@ def test_an_s3_notification_runs_exactly_the_announced_version(
     assert recordings(pg_url) == [(key, v1, "completed")]
     assert query(pg_url, "select count(*) from emotion_segments")[0][0] > 0
     assert SECRET not in (tmp_path / "webhook.log").read_text()
+
+
+def test_the_webhook_sends_what_waits_when_it_is_stopped(
+    deployed: PrefectServer,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    pg_url: str,
+    tmp_path: Path,
+    code_repository: str,
+    services: list[Service],
+) -> None:
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    env = events_env(
+        worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "parquet", code_repository),
+        VALENCE_PIPELINE_EVENTS_BATCH_MAX_WAIT_S="3600",  # nothing would go out on its own
+    )
+    url, hook = start_webhook(services, env, tmp_path / "webhook.log")
+    v1, etag = put(s3_client, bucket, "calls/late.wav", SampleRecording("calls/late.wav", 5), seed=4)
+    resp = requests.post(
+        url, data=notification(bucket, "calls/late.wav", v1, etag), params={"token": SECRET}, timeout=10
+    )
+    assert resp.json()["new"] == 1
+    assert query(pg_url, "select emitted_at from upload_notices") == [(None,)]
+    hook.stop()  # SIGTERM
+    assert hook.proc is not None and hook.proc.returncode == 0, hook.log()
+    assert query(pg_url, "select count(*) from upload_notices where emitted_at is not null") == [(1,)]
+    expected = [object_uri(bucket, "calls/late.wav", v1)]
+    _wait(lambda: _announced(deployed, since, bucket) == expected, "event not on the server")
 
 
 BURST = int(os.environ.get("VALENCE_PIPELINE_TEST_BURST", "100"))
@@ -182,7 +215,12 @@ def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
     services: list[Service],
 ) -> None:
     n, per_batch = BURST, 25
-    emu = make_emulator(time_scale=3600.0, valence_limits=HIGH_LIMITS, valsea_limits=HIGH_LIMITS)
+    emu = make_emulator(
+        time_scale=3600.0,
+        retention_s=LONG_RETENTION_S,  # results wait for a busy machine's runs to fetch them
+        valence_limits=HIGH_LIMITS,
+        valsea_limits=HIGH_LIMITS,
+    )
     keys = [f"burst/r{i:03d}.wav" for i in range(n)]
     upload_samples(s3_client, bucket, tuple(SampleRecording(k, 5) for k in keys))
     heads = {k: s3_client.head_object(Bucket=bucket, Key=k) for k in keys}
@@ -194,7 +232,7 @@ def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
     upload = deployment(deployed, "process-recordings/on-upload")
     for name in ("w-burst-a", "w-burst-b"):
         deployed.start_worker(POOL, name, env, tmp_path / f"{name}.log")
-    url = start_webhook(services, env, tmp_path / "webhook.log")
+    url, _ = start_webhook(services, env, tmp_path / "webhook.log")
 
     def mine() -> list[dict[str, Any]]:
         runs = flow_runs(deployed, upload["id"])
@@ -226,7 +264,7 @@ def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
     assert statuses == {"completed": n}
 
 
-def _announced(server: PrefectServer, since: dt.datetime) -> list[str]:
+def _announced(server: PrefectServer, since: dt.datetime, bucket: str) -> list[str]:
     """Every object version the server received upload events for (one entry per event)."""
     body = {
         "filter": {
@@ -236,7 +274,7 @@ def _announced(server: PrefectServer, since: dt.datetime) -> list[str]:
         "limit": 50,  # the API's page size
     }
     events = read_json(server, "POST", "/events/filter", body)["events"]
-    return [uri for e in events for uri in e["payload"]["uris"]]
+    return [uri for e in events for uri in e["payload"]["uris"] if uri.startswith(f"s3://{bucket}/")]
 
 
 def test_the_watcher_announces_each_version_once_across_a_restart(
@@ -290,5 +328,5 @@ def test_the_watcher_announces_each_version_once_across_a_restart(
     expected = sorted(
         object_uri(bucket, k, v) for k, v in (("in/a.wav", a1), ("in/b.wav", b1), ("in/a.wav", a2))
     )
-    _wait(lambda: sorted(_announced(deployed, since)) == expected, "events not on the server")
-    assert sorted(_announced(deployed, since)) == expected  # each version exactly once
+    _wait(lambda: sorted(_announced(deployed, since, bucket)) == expected, "events not on the server")
+    assert sorted(_announced(deployed, since, bucket)) == expected  # each version exactly once

@@ -76,6 +76,24 @@ def test_a_crash_after_sending_resends_the_same_batch_id(store: Store) -> None:
     assert first == again  # same id: the event server takes it as one event
 
 
+def test_a_batch_that_cannot_be_sent_does_not_hold_up_the_others(store: Store) -> None:
+    record(store, [notice(i) for i in range(4)])
+    attempts: list[str] = []
+
+    def emit(batch: UploadBatch) -> None:
+        attempts.append(batch.batch_id)
+        if len(attempts) == 1:
+            raise ConnectionError("this one failed")
+
+    dispatcher = Dispatcher(store, emit, max_objects=2, max_wait_s=3600)
+    with pytest.raises(ConnectionError):
+        dispatcher.tick()
+    assert len(attempts) == 2  # the second batch went out anyway
+    assert dispatcher.tick() == 1  # and the first on the next tick
+    assert attempts[2] == attempts[0]
+    assert dispatcher.tick() == 0
+
+
 def test_redelivered_notices_are_not_sent_again(store: Store) -> None:
     sent = Sent()
     dispatcher = Dispatcher(store, sent, max_objects=2, max_wait_s=3600)
