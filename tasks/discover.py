@@ -55,9 +55,17 @@ def discover(
     return pending[:max_files] if max_files is not None else pending
 
 
+def _resolve_name() -> str:
+    """`resolve s3://b/k?versionId=V`, or `resolve 50 objects` for a batch (not 50 URIs)."""
+    from prefect.runtime import task_run
+
+    uris = list(task_run.parameters.get("uris") or [])
+    return f"resolve {uris[0]}" if len(uris) == 1 else f"resolve {len(uris)} objects"
+
+
 @task(
     name="resolve",
-    task_run_name="resolve {uris}",
+    task_run_name=_resolve_name,
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,

@@ -164,6 +164,9 @@ def test_an_s3_notification_runs_exactly_the_announced_version(
     assert run["parameters"]["uris"] == [announced]
     assert run["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert recordings(pg_url) == [(key, v1, "completed")]
+    body = {"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}
+    names = {t["name"] for t in read_json(deployed, "POST", "/task_runs/filter", body)}
+    assert f"resolve {announced}" in names
     assert query(pg_url, "select count(*) from emotion_segments")[0][0] > 0
     assert SECRET not in (tmp_path / "webhook.log").read_text()
 
@@ -196,6 +199,15 @@ def test_the_webhook_sends_what_waits_when_it_is_stopped(
     assert query(pg_url, "select count(*) from upload_notices where emitted_at is not null") == [(1,)]
     expected = [object_uri(bucket, "calls/late.wav", v1)]
     _wait(lambda: _announced(deployed, since, bucket) == expected, "event not on the server")
+    # No worker here: the run the event created is not for a later test's workers to take.
+    upload = deployment(deployed, "process-recordings/on-upload")
+
+    def created() -> list[dict[str, Any]]:
+        return [r for r in flow_runs(deployed, upload["id"]) if r["parameters"]["uris"] == expected]
+
+    _wait(lambda: bool(created()), "no run for the event")
+    for run in created():
+        read_json(deployed, "DELETE", f"/flow_runs/{run['id']}")
 
 
 BURST = int(os.environ.get("VALENCE_PIPELINE_TEST_BURST", "100"))
@@ -260,8 +272,11 @@ def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
     assert {r["state"]["type"] for r in runs} == {"COMPLETED"}
     uris = Counter(u for r in runs for u in r["parameters"]["uris"])
     assert set(uris.values()) == {1} and len(uris) == n
-    statuses = Counter(status for _, _, status in recordings(pg_url))
+    statuses = Counter(status for key, _, status in recordings(pg_url) if key.startswith("burst/"))
     assert statuses == {"completed": n}
+    body = {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}, "task_runs": {"name": {"like_": "resolve"}}}
+    [resolved] = read_json(deployed, "POST", "/task_runs/filter", body)
+    assert resolved["name"] == f"resolve {len(runs[0]['parameters']['uris'])} objects"
 
 
 def _announced(server: PrefectServer, since: dt.datetime, bucket: str) -> list[str]:

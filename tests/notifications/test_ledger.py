@@ -177,3 +177,19 @@ def test_watcher_announces_each_version_once_across_restarts(
 def test_watcher_can_announce_what_is_already_there(store: Store, s3_client: Any, bucket: str) -> None:
     _put(s3_client, bucket, "x.wav", b"x")
     assert Watcher(store, s3_client, f"s3://{bucket}/", [".wav"], announce_existing=True).scan() == 1
+
+
+def test_watcher_on_an_unversioned_bucket_tells_rewrites_apart_by_etag(store: Store, s3_client: Any) -> None:
+    import uuid
+
+    bucket = f"u-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=bucket)  # versioning never turned on
+    w = Watcher(store, s3_client, f"s3://{bucket}/", [".wav"])
+    assert w.scan() == 0
+    _put(s3_client, bucket, "a.wav", b"one")
+    assert w.scan() == 1
+    _put(s3_client, bucket, "a.wav", b"one")  # the same bytes again: the same ETag, nothing new
+    assert w.scan() == 0
+    _put(s3_client, bucket, "a.wav", b"two")
+    assert w.scan() == 1
+    assert [v.startswith("etag:") for _, v in _announced(store)] == [True, True]
