@@ -104,6 +104,10 @@ def create_app(
         if not _authorized(request, key):
             log.warning("notification from %s refused: no valid secret", client)
             return JSONResponse({"error": "unauthorized"}, status_code=401)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused before it is read
+            log.warning("notification from %s refused: %s bytes", client, declared)
+            return JSONResponse({"error": "body too large"}, status_code=413)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             log.warning("notification from %s refused: %d bytes", client, len(body))

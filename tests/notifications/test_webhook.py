@@ -314,3 +314,10 @@ def test_only_audio_keys_are_recorded_when_asked(store: Store) -> None:
     )
     assert post(app, body).json() == {"objects": 2, "new": 2, "ignored": 1}
     assert [k for _, k, *_ in notices(store)] == ["calls/a.WAV", "b.flac"]
+
+
+def test_an_oversized_body_is_refused(client: TestClient, store: Store) -> None:
+    records = [samples.s3_record(f"calls/{i:05d}.wav") for i in range(2000)]  # about 1.5 MiB
+    resp = post(client, samples.aws_s3(*records))
+    assert resp.status_code == 413
+    assert notices(store) == []
