@@ -108,7 +108,12 @@ def _webhook(args: argparse.Namespace) -> int:
         target=_dispatch_until, args=(dispatcher, stop), name="upload-events", daemon=True
     )
     sender.start()
-    app = create_app(settings.events_secret, record, suffixes=settings.audio_suffixes)
+    app = create_app(
+        settings.events_secret,
+        record,
+        suffixes=settings.audio_suffixes,
+        sns_topic_arns=settings.events_sns_topic_arns,
+    )
     # No access log: it would print query strings, and the secret may be one.
     server = _server_class()(
         uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning")

@@ -6,7 +6,8 @@ to send: `Authorization: Bearer <secret>` (MinIO's `auth_token`, an EventBridge 
 destination), the `X-Valence-Pipeline-Token` header, HTTP Basic with the secret as password
 (SNS: `https://user:<secret>@host/`), or a `token` query parameter (SNS, Ceph push endpoints).
 It is compared in constant time and never logged; uvicorn's access log, which would print the
-query string, stays off.
+query string, stays off. Messages from allowed SNS topics may instead carry SNS's own signature
+(see `notifications.sns`).
 
 Answers: 200 with counts (duplicates and redeliveries included: a version noticed before is
 simply not new), 401 without the secret, 400 for a body that is not a notification, 413 for
@@ -19,14 +20,13 @@ import base64
 import binascii
 import hmac
 import logging
-import re
 from collections.abc import Callable, Sequence
-from urllib.parse import urlparse
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
+from notifications import sns
 from notifications.messages import NotificationError, ObjectNotice, parse_notification
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ MAX_BODY_BYTES = 1024 * 1024
 """SNS messages are at most 256 KiB; S3 sends one record per request."""
 
 TOKEN_HEADER = "x-valence-pipeline-token"  # noqa: S105 - a header name, not a secret
-_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
 
 Record = Callable[[list[ObjectNotice]], int]
 """Stores notices; returns how many were new."""
@@ -48,8 +47,7 @@ def fetch_sns_subscribe_url(url: str) -> None:
     the request body: anything else would let a caller make this server fetch any URL)."""
     import requests
 
-    parsed = urlparse(url)
-    if parsed.scheme != "https" or not _SNS_HOST.fullmatch(parsed.hostname or ""):
+    if not sns.is_sns_url(url):
         raise NotificationError("SubscribeURL is not an https URL of Amazon SNS")
     requests.get(url, timeout=10).raise_for_status()
 
@@ -86,9 +84,13 @@ def create_app(
     record: Record,
     fetch: Fetch = fetch_sns_subscribe_url,
     suffixes: Sequence[str] | None = None,
+    sns_topic_arns: Sequence[str] = (),
+    fetch_cert: sns.FetchCert = sns.fetch_signing_cert,
 ) -> FastAPI:
     """`suffixes`: only keys ending so (case-insensitive) are recorded, e.g. the audio
-    suffixes; others count as ignored (a bucket notification usually covers every key)."""
+    suffixes; others count as ignored (a bucket notification usually covers every key).
+    `sns_topic_arns`: SNS messages from these topics may carry SNS's signature instead of the
+    secret."""
     if not secret.get_secret_value():
         raise ValueError("the webhook needs a non-empty shared secret")
     key = secret.get_secret_value().encode()
@@ -101,7 +103,8 @@ def create_app(
     @app.post("/")
     async def receive(request: Request) -> JSONResponse:
         client = request.client.host if request.client else "?"
-        if not _authorized(request, key):
+        with_secret = _authorized(request, key)
+        if not with_secret and not sns_topic_arns:
             log.warning("notification from %s refused: no valid secret", client)
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         declared = request.headers.get("content-length", "")
@@ -112,6 +115,9 @@ def create_app(
         if len(body) > MAX_BODY_BYTES:
             log.warning("notification from %s refused: %d bytes", client, len(body))
             return JSONResponse({"error": "body too large"}, status_code=413)
+        if not with_secret and not sns.verify(body, sns_topic_arns, fetch_cert):
+            log.warning("notification from %s refused: no valid secret or SNS signature", client)
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
         try:
             parsed = parse_notification(body)
             if parsed.confirmation is not None:

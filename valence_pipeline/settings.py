@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     events_secret: SecretStr | None = Field(
         default=None, description="Shared secret every notification POST must carry (never logged)."
     )
+    events_sns_topic_arns: list[str] = Field(
+        default_factory=list,
+        description="SNS topics whose signed messages are accepted without the secret.",
+    )
     events_batch_max_objects: int = Field(
         default=50, ge=1, le=500, description="Objects per upload event (and flow run) at most."
     )
