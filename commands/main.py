@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "commands.limits",
     "commands.dataset",
     "commands.analytics",
+    "commands.events",
+    "commands.deploy",
 )
 
 

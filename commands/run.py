@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -37,9 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from results_store import db
     from valence_pipeline.logs import setup_logging
+    from valence_pipeline.settings import get_settings
 
     setup_logging()
+    try:  # before the flow call starts Prefect's temporary server: a refusal comes at once
+        db.create_or_check(get_settings().database_url.get_secret_value())
+    except db.SchemaError as exc:
+        print(f"valence-pipeline run: {exc}", file=sys.stderr)
+        return 2
     from flows.ingest import nightly_ingest, run_to_result
 
     result = run_to_result(

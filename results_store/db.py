@@ -238,6 +238,20 @@ def retry_on_connection_loss(work: Callable[[], T], *, wait_s: float = RECONNECT
         attempt += 1
 
 
+def create_or_check(url: str) -> str | None:
+    """What a first run needs: an empty database gets the schema (returns the new revision);
+    one at the code's revision is left alone (returns None); one behind (or ahead) raises
+    SchemaError, since upgrading a database in use is the operator's call."""
+    engine = create_engine_for(url)
+    try:
+        if current_revision(engine) is None and not sa.inspect(engine).get_table_names():
+            return upgrade(url)
+        ensure_schema_current(engine)
+        return None
+    finally:
+        engine.dispose()
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -777,3 +777,38 @@ CALL_ANALYTICS_TABLE = DatasetTable(
     ),
 )
 DATASET_TABLES[CALL_ANALYTICS_TABLE.name] = CALL_ANALYTICS_TABLE
+# --------------------------------------------------------------------------- upload notices
+# Written by the upload webhook and the store watcher (notifications/), read by the nightly
+# sweep. Not exported to Parquet: they are bookkeeping about arrivals, not results.
+
+
+class UploadNotice(Base):
+    """One object version some notification announced, at most once (the natural key is the
+    recordings' one). `batch_id` is the upload event it went out in (null: not yet sent);
+    `emitted_at` is set once the event server has it."""
+
+    __tablename__ = "upload_notices"
+    __table_args__ = (sa.UniqueConstraint("bucket", "key", "object_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    bucket: Mapped[str] = mapped_column(sa.String(255))
+    key: Mapped[str] = mapped_column(sa.Text)
+    object_version: Mapped[str] = mapped_column(sa.String(1100))
+    version_id: Mapped[str | None] = mapped_column(sa.String(1024))
+    etag: Mapped[str | None] = mapped_column(sa.String(255))
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    source: Mapped[str] = mapped_column(sa.String(32))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    batch_id: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    emitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WatchCursor(Base):
+    """The store watcher's durable cursor per watched prefix: the newest LastModified it has
+    looked at (it re-checks a window before it, so a slow upload listed late is not missed)."""
+
+    __tablename__ = "upload_watch_cursors"
+
+    source: Mapped[str] = mapped_column(sa.String(1100), primary_key=True)
+    high_water: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

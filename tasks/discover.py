@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from urllib.parse import parse_qs
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from valence_pipeline.runtime import runtime
-from valence_pipeline.s3 import ObjectVersion, head_version, list_latest_versions, parse_s3_uri
+from valence_pipeline.s3 import (
+    ObjectVersion,
+    head_version,
+    list_latest_versions,
+    parse_object_uri,
+    parse_s3_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,14 @@ def discover(
     return pending[:max_files] if max_files is not None else pending
 
 
+def _resolve_name() -> str:
+    """`resolve s3://b/k?versionId=V`, or `resolve 50 objects` for a batch (not 50 URIs)."""
+    from prefect.runtime import task_run
+
+    uris = list(task_run.parameters.get("uris") or [])
+    return f"resolve {uris[0]}" if len(uris) == 1 else f"resolve {len(uris)} objects"
+
+
 @task(
     name="register",
     task_run_name="register {n} objects",
@@ -65,19 +78,17 @@ def register(objects: list[ObjectVersion], n: int, run_id: str) -> list[int]:
 
 @task(
     name="resolve",
-    task_run_name="resolve {uris}",
+    task_run_name=_resolve_name,
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
 def resolve(uris: list[str]) -> list[ObjectVersion]:
-    """The version of each given object that an upload event names (`s3://b/k?versionId=V`),
-    or its current version."""
+    """Each given object at the version its URI names (`s3://b/k?versionId=V`, what an upload
+    event carries), or at its current version (`s3://b/k`)."""
     rt = runtime()
     out = []
     for uri in uris:
-        base, _, query = uri.partition("?")
-        version_id = parse_qs(query).get("versionId", [None])[0]
-        bucket, key = parse_s3_uri(base)
+        bucket, key, version_id = parse_object_uri(uri)
         out.append(head_version(rt.s3, bucket, key, version_id))
     return out

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,29 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}")
     return bucket, key
+
+
+_VERSION_QUERY = "?versionId="
+
+
+def object_uri(bucket: str, key: str, version_id: str | None = None) -> str:
+    """`s3://bucket/key`, or `s3://bucket/<percent-encoded key>?versionId=<encoded id>` naming
+    one version (what upload events and `process_recordings(uris)` carry)."""
+    if not version_id or version_id == NULL_VERSION:
+        return f"s3://{bucket}/{key}"
+    return f"s3://{bucket}/{quote(key, safe='/')}{_VERSION_QUERY}{quote(version_id, safe='')}"
+
+
+def parse_object_uri(uri: str) -> tuple[str, str, str | None]:
+    """The inverse of `object_uri`: (bucket, key, version id or None). Without `?versionId=`
+    the key is taken as written (no decoding), as `parse_s3_uri` does."""
+    bucket, rest = parse_s3_uri(uri)
+    if _VERSION_QUERY not in rest:
+        return bucket, rest, None
+    key, _, version = rest.rpartition(_VERSION_QUERY)
+    if not key or not version:
+        raise ValueError(f"not an object version URI: {uri!r}")
+    return bucket, unquote(key), unquote(version)
 
 
 @dataclass(frozen=True)

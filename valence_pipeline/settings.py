@@ -168,6 +168,24 @@ class Settings(BaseSettings):
         password = database_password(self.database_url.get_secret_value())
         return values + ([password] if password else [])
 
+    # upload notifications (`valence-pipeline events webhook|watch`)
+    events_secret: SecretStr | None = Field(
+        default=None, description="Shared secret every notification POST must carry (never logged)."
+    )
+    events_sns_topic_arns: list[str] = Field(
+        default_factory=list,
+        description="SNS topics whose signed messages are accepted without the secret.",
+    )
+    events_batch_max_objects: int = Field(
+        default=50, ge=1, le=500, description="Objects per upload event (and flow run) at most."
+    )
+    events_batch_max_wait_s: float = Field(
+        default=30.0, gt=0, description="How long a notice waits for others before its batch goes out."
+    )
+    events_watch_lookback_s: float = Field(
+        default=900.0, ge=0, description="Window before the watcher's cursor that each scan re-checks."
+    )
+
     def fingerprint(self) -> str:
         """Hash of the settings that change results (recorded per run for lineage); no secrets."""
         relevant = {

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.fixtures.prefect_server import PrefectServer, read_json
@@ -23,23 +21,15 @@ POOL = "valence-pipeline"
 CLI = str(Path(sys.executable).with_name("valence-pipeline"))
 
 
-@pytest.fixture(scope="module")
-def deployed(real_prefect_server: PrefectServer) -> PrefectServer:
-    """The work pool plus `prefect deploy --all` from the repository root, as the README says."""
-    real_prefect_server.cli("work-pool", "create", POOL, "--type", "process")
-    real_prefect_server.cli("--no-prompt", "deploy", "--all", cwd=REPO)
-    return real_prefect_server
-
-
 def worker_env(
-    server: PrefectServer, sw: SeaweedFS, emu: Any, database_url: str, out: Path
+    server: PrefectServer, sw: SeaweedFS, emu: Any, database_url: str, out: Path, repository: str
 ) -> dict[str, str]:
     """A worker's environment: the pipeline's configuration (PostgreSQL: several flow-run
-    processes write at once) plus this server."""
+    processes write at once), where the pull step clones the code from, plus this server."""
     from results_store.db import upgrade
 
     upgrade(database_url)
-    return server.env(**pipeline_env(sw, emu, database_url, out))
+    return server.env(**pipeline_env(sw, emu, database_url, out), VALENCE_PIPELINE_REPOSITORY=repository)
 
 
 def deployment(server: PrefectServer, name: str) -> dict[str, Any]:
@@ -88,6 +78,11 @@ def test_deploy_registers_the_nightly_schedule_and_the_upload_trigger(deployed: 
     assert schedule["active"]
     assert nightly["global_concurrency_limit"]["limit"] == 1  # two nights never overlap
     assert nightly["work_pool_name"] == POOL
+    # Workers anywhere: each run clones the code named by the worker's environment, and sends
+    # heartbeats (the automation in deployments/automations.yaml crashes silent runs).
+    [pull] = nightly["pull_steps"]
+    assert pull["prefect.deployments.steps.git_clone"]["repository"] == "{{ $VALENCE_PIPELINE_REPOSITORY }}"
+    assert nightly["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
 
     # The server's scheduler plans the coming nights (the temporary server has no scheduler).
     deadline = time.monotonic() + 120
@@ -116,9 +111,10 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     emu: Any,
     pg_url: str,
     tmp_path: Path,
+    code_repository: str,
 ) -> None:
     upload_samples(s3_client, bucket, (SampleRecording("calls/new.wav", 12),))
-    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "parquet")
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "parquet", code_repository)
     deployed.start_worker(POOL, "w-notify", env, tmp_path / "worker.log")
     upload = deployment(deployed, "process-recordings/on-upload")
     before = len(flow_runs(deployed, upload["id"]))
@@ -135,6 +131,7 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     assert run["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert run["parameters"]["trigger"] == "event"
     assert run["name"] == f"upload {uri}"
+    assert "Executing deployment step: git_clone" in (tmp_path / "worker.log").read_text()
     assert recording_statuses(pg_url) == {"calls/new.wav": "completed"}
     # The pipeline's own lines reach the run's Logs tab from the worker's flow-run process,
     # the engine's threads included.

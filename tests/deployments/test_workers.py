@@ -16,23 +16,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
-from tests.deployments.test_prefect_server import POOL, REPO, deployment, worker_env
+from tests.deployments.test_prefect_server import POOL, deployment, worker_env
 from tests.fixtures.emulator import LONG_RETENTION_S
 from tests.fixtures.prefect_server import PREFECT, PrefectServer, read_json
 from tests.pipeline.helpers import query
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-@pytest.fixture(scope="module")
-def deployed(real_prefect_server: PrefectServer) -> PrefectServer:
-    real_prefect_server.cli("work-pool", "create", POOL, "--type", "process")
-    real_prefect_server.cli("--no-prompt", "deploy", "--all", cwd=REPO)
-    return real_prefect_server
 
 
 def limits(per_minute: int) -> tuple[int, int, int, int]:
@@ -179,6 +170,7 @@ def test_a_night_is_shared_by_two_workers_within_every_window_of_the_limits(
     make_emulator: Any,
     pg_url: str,
     tmp_path: Path,
+    code_repository: str,
 ) -> None:
     # 200 recordings, 3 counted calls each per provider (600): the provider allows 450 a
     # minute. Each worker on its own would allow itself 450 a minute too, so only the shared
@@ -188,7 +180,9 @@ def test_a_night_is_shared_by_two_workers_within_every_window_of_the_limits(
     )
     samples = night(200, "night")
     upload_samples(s3_client, bucket, samples)
-    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset") | settings_env(450)
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset", code_repository) | settings_env(
+        450
+    )
     workers = Workers(deployed, env, tmp_path)
     for name in ("w-a", "w-b"):
         workers.start(name)
@@ -226,6 +220,7 @@ def test_without_the_shared_count_the_same_workers_go_over_the_minute_limit(
     make_emulator: Any,
     pg_url: str,
     tmp_path: Path,
+    code_repository: str,
 ) -> None:
     """The control: counted per process, the workers of one night exceed the provider's minute."""
     emu = make_emulator(
@@ -233,7 +228,7 @@ def test_without_the_shared_count_the_same_workers_go_over_the_minute_limit(
     )
     samples = night(100, "ctl")
     upload_samples(s3_client, bucket, samples)
-    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset") | settings_env(
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset", code_repository) | settings_env(
         150, VALENCE_PIPELINE_SHARED_RATE_LIMITS="false"
     )
     workers = Workers(deployed, env, tmp_path)
@@ -256,12 +251,13 @@ def test_a_worker_killed_mid_night_is_finished_by_the_others_paying_nothing_twic
     make_emulator: Any,
     pg_url: str,
     tmp_path: Path,
+    code_repository: str,
 ) -> None:
     # Real-time provider: jobs take ~10 s to be picked up, so a batch is mid-flight when killed.
     emu = make_emulator(time_scale=1.0)
     samples = night(60, "kill")
     upload_samples(s3_client, bucket, samples)
-    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset") | settings_env(
+    env = worker_env(deployed, seaweedfs, emu, pg_url, tmp_path / "dataset", code_repository) | settings_env(
         3000, VALENCE_PIPELINE_VALENCE_PICKUP_DELAY_S="10", VALENCE_PIPELINE_VALSEA_PICKUP_DELAY_S="5"
     )
     workers = Workers(deployed, env, tmp_path)

@@ -1,0 +1,52 @@
+"""`valence-pipeline deploy automations`: apply the project's automations to the Prefect server
+at PREFECT_API_URL (the deployments themselves: `prefect deploy --all`); `valence-pipeline
+serve`: every deployment served from this one process instead."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    deploy = sub.add_parser("deploy", help="apply project configuration to the Prefect server")
+    actions = deploy.add_subparsers(dest="deploy_action", metavar="ACTION", required=True)
+    automations = actions.add_parser(
+        "automations", help="create or update the automations in deployments/automations.yaml"
+    )
+    automations.add_argument("--file", type=Path, help="another automations file (default: the project's)")
+    automations.set_defaults(func=_automations)
+
+    serve = sub.add_parser(
+        "serve", help="serve every deployment of prefect.yaml from this process (no work pool or worker)"
+    )
+    serve.add_argument(
+        "--prefect-file", type=Path, default=Path("prefect.yaml"), help="default: ./prefect.yaml"
+    )
+    serve.add_argument("--limit", type=int, help="flow runs at once (default: no limit)")
+    serve.set_defaults(func=_serve)
+
+
+def _automations(args: argparse.Namespace) -> int:
+    from deployments.automations import AUTOMATIONS_FILE, apply_automations
+
+    for name, what in apply_automations(args.file or AUTOMATIONS_FILE):
+        print(f"{what}: {name}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import sys
+
+    if not args.prefect_file.is_file():
+        print(
+            f"valence-pipeline serve: no {args.prefect_file} (run from the repository root)", file=sys.stderr
+        )
+        return 2
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging()
+    from deployments.serve import serve_all
+
+    serve_all(args.prefect_file, limit=args.limit)
+    return 0

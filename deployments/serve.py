@@ -1,0 +1,63 @@
+"""`valence-pipeline serve`: every deployment in prefect.yaml served from one process, for a
+small installation with no work pool or worker (Prefect's `serve`).
+
+The deployments are built from prefect.yaml itself (entrypoints, parameters, schedules,
+triggers, concurrency, the work pool's environment), so the served and the deployed
+installation cannot drift apart. Pull steps do not apply: the process runs its own code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _flow(entrypoint: str) -> Any:
+    """`flows/ingest.py:nightly_ingest` -> the flow object, imported as a module."""
+    path, _, name = entrypoint.partition(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    return getattr(importlib.import_module(module), name)
+
+
+def served_deployments(prefect_file: Path) -> list[Any]:
+    """A RunnerDeployment for each deployment in the file. The work pool's `job_variables.env`
+    (the heartbeat setting) becomes this process's environment, which flow runs inherit."""
+    from prefect.client.schemas.schedules import construct_schedule
+    from prefect.events import DeploymentEventTrigger
+
+    config = yaml.safe_load(prefect_file.read_text())
+    out = []
+    for spec in config.get("deployments", []):
+        pool_env = ((spec.get("work_pool") or {}).get("job_variables") or {}).get("env") or {}
+        for name, value in pool_env.items():
+            os.environ.setdefault(name, str(value))
+        schedules = [
+            construct_schedule(cron=s["cron"], timezone=s.get("timezone"))
+            for s in spec.get("schedules") or []
+        ]
+        triggers = [
+            DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
+            for t in spec.get("triggers") or []
+        ]
+        out.append(
+            _flow(spec["entrypoint"]).to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters=spec.get("parameters"),
+                schedules=schedules or None,
+                triggers=triggers or None,
+                concurrency_limit=spec.get("concurrency_limit"),
+            )
+        )
+    return out
+
+
+def serve_all(prefect_file: Path, limit: int | None = None) -> None:
+    from prefect import serve
+
+    serve(*served_deployments(prefect_file), limit=limit)
