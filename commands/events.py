@@ -49,7 +49,7 @@ def _open_store() -> Store | None:
     from valence_pipeline.settings import get_settings
 
     try:
-        return db.Store(get_settings().database_url)
+        return db.Store(get_settings().database_url.get_secret_value())
     except db.SchemaError as exc:
         print(f"valence-pipeline events: {exc}", file=sys.stderr)
         return None

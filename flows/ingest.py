@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
-from tasks.discover import discover, register, resolve
+from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import compact_dataset, export_dataset
 from tasks.process import process, sweep
@@ -67,6 +67,7 @@ def process_objects(
     max_audio_hours: float | None,
     *,
     resend_unknown: bool = False,
+    arrived_without_event: int | None = None,
 ) -> dict[str, Any] | State:
     """Register `objects`, process them to a final state, export, report."""
     send_pipeline_logs_to_prefect()
@@ -83,6 +84,7 @@ def process_objects(
     rt = runtime()
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
+    summary.arrived_without_event = arrived_without_event
     text = publish_report(summary)
     close_run(run_id, summary.counts(), failed=summary.failed > 0)
     result = {"run_id": run_id, "summary": text, **summary.counts()}
@@ -161,7 +163,10 @@ def nightly_ingest(
 ) -> dict[str, Any] | State:
     """The scheduled job: every new or changed recording under `source` (one or more s3:// prefixes)."""
     objects = discover(_sources(source), since=since, max_files=max_files)
-    result = process_objects(objects, _today_name("nightly"), trigger, max_audio_hours)
+    without_event = unannounced(objects)
+    result = process_objects(
+        objects, _today_name("nightly"), trigger, max_audio_hours, arrived_without_event=without_event
+    )
     # Once a night, not per upload event: the day's event runs each added small files.
     compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
     if isinstance(result, State):

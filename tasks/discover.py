@@ -92,3 +92,13 @@ def resolve(uris: list[str]) -> list[ObjectVersion]:
         bucket, key, version_id = parse_object_uri(uri)
         out.append(head_version(rt.s3, bucket, key, version_id))
     return out
+
+
+@task(name="unannounced", task_run_name="files that came without an event", cache_policy=NO_CACHE)
+def unannounced(objects: list[ObjectVersion]) -> int:
+    """How many of the night's new files no upload event announced (the nightly run is the
+    reconciliation sweep: it processes them all the same, and says how many)."""
+    from notifications.ledger import count_unannounced
+
+    with runtime().store.store.session_scope() as session:
+        return count_unannounced(session, objects)

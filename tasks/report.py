@@ -36,6 +36,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     emotions: Counter[str] = field(default_factory=Counter)
     dataset_files: list[str] = field(default_factory=list)
+    arrived_without_event: int | None = None
+    """Nightly: new files that no upload event announced (processed all the same)."""
 
     def _status(self, status: str) -> list[dict[str, Any]]:
         return [f for f in self.files if f["status"] == status]
@@ -106,6 +108,8 @@ class RunSummary:
             f"| left for a later run (budget) | {c['deferred']} |",
             f"| audio hours | {self.audio_hours:.3f} |",
         ]
+        if self.arrived_without_event is not None:
+            lines.append(f"| new files that came without an upload event | {self.arrived_without_event} |")
         lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in sorted(self.api.items())]
         if self.failed:
             lines += ["", "## Failed files, by provider", ""]
