@@ -212,6 +212,12 @@ class Engine:
             self._fail_recording(rid, "internal_error: see the run's logs")
         finally:
             self._end(rid)
+        # The last piece of work on a recording here settles its state from its jobs.
+        if not self.aborted:
+            try:
+                self._finalize(rid)
+            except Exception:
+                log.exception("recording %d: could not settle its state", rid)
 
     def abort(self, reason: str) -> None:
         if not self.aborted:
