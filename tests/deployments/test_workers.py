@@ -119,6 +119,8 @@ class Workers:
         return set(re.findall(r"[Ss]ubmitting flow run '([0-9a-f-]{36})'", text))
 
     def stop(self) -> None:
+        """Stop the workers and whatever flow runs they still run (in sessions of their own)."""
+        runs = [pid for proc in self.procs.values() for pid in descendants(proc.pid)]
         for proc in self.procs.values():
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs.values():
@@ -127,6 +129,9 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for pid in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.procs.clear()
 
 
@@ -235,11 +240,15 @@ def test_without_the_shared_count_the_same_workers_go_over_the_minute_limit(
     for name in ("w-a", "w-b"):
         workers.start(name)
     try:
-        run_id = start_night(deployed, f"s3://{bucket}/ctl/")
-        wait_final(deployed, run_id, 600, tmp_path)
+        start_night(deployed, f"s3://{bucket}/ctl/")
+        # The first 429 proves the point; no need to wait for the rest of the night.
+        deadline = time.monotonic() + 300
+        answered: Counter[int] = Counter()
+        while time.monotonic() < deadline and not answered[429]:
+            time.sleep(1)
+            answered = Counter(entry["status"] for entry in emu.requests_log())
     finally:
         workers.stop()
-    answered = Counter(entry["status"] for entry in emu.requests_log())
     assert answered[429] > 0, answered
 
 
