@@ -106,7 +106,7 @@ def child(source: str) -> None:
     from results_store.db import upgrade
     from valence_pipeline.settings import get_settings
 
-    upgrade(get_settings().database_url)
+    upgrade(get_settings().database_url.get_secret_value())
     started = time.monotonic()
     result = run_to_result(nightly_ingest, source=source, trigger="manual")
     seconds = time.monotonic() - started

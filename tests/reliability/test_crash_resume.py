@@ -40,7 +40,7 @@ import sys
 from flows.ingest import nightly_ingest, run_to_result
 from results_store.db import upgrade
 from valence_pipeline.settings import get_settings
-upgrade(get_settings().database_url)
+upgrade(get_settings().database_url.get_secret_value())
 run_to_result(nightly_ingest, source=sys.argv[1], trigger="manual")
 """
 
