@@ -52,6 +52,8 @@ RAISED_LIMITS = (1000, 60000, 1000000, 10000000)
 TIME_SCALE = 60.0
 INSTANT = 1_000_000.0
 CALLS_PER_FILE = 3
+RETENTION_S = 365 * 24 * 3600.0
+"""Emulated seconds a result is kept: at a million-fold clock, an hour would be 4 ms."""
 STATUS_PATHS = ("/v1/asynch/emotion/status/", "/v1/prosody/")
 
 
@@ -229,7 +231,11 @@ def scenario(
     bucket = f"bench-{name}"
     upload(sw, bucket, files)
     with EmulatorProcess(
-        time_scale=time_scale, valence_limits=limits, valsea_limits=limits, data_dir=workdir / "emulator"
+        time_scale=time_scale,
+        retention_s=RETENTION_S,
+        valence_limits=limits,
+        valsea_limits=limits,
+        data_dir=workdir / "emulator",
     ) as emu:
         report = run_child(
             ["--child", f"s3://{bucket}/"], env_for(workdir, sw, emu, api_url, limits, time_scale)
