@@ -114,9 +114,12 @@ class Workers:
         return out
 
     def ran(self, name: str) -> set[str]:
-        """Flow run ids this worker submitted (from its log)."""
+        """Flow run ids this worker ran (from its log)."""
         text = (self.logs / f"{name}.log").read_text(errors="replace")
-        return set(re.findall(r"[Ss]ubmitting flow run '([0-9a-f-]{36})'", text))
+        submitted = set(re.findall(r"[Ss]ubmitting flow run '([0-9a-f-]{36})'", text))
+        # Both workers try to submit a new run; the server lets one have it.
+        lost = set(re.findall(r"Aborted submission of flow run '([0-9a-f-]{36})'", text))
+        return submitted - lost
 
     def stop(self) -> None:
         """Stop the workers and whatever flow runs they still run (in sessions of their own)."""
