@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +30,7 @@ from results_store import repository as repo
 from results_store.db import Store, get_store
 from results_store.models import (
     FINISHED_STATUSES,
+    TERMINAL_STATUSES,
     DatasetTable,
     JobStatus,
     PipelineRun,
@@ -263,7 +263,7 @@ class PipelineStore:
                     sa.select(Recording.id).where(
                         Recording.id.in_(chunk),
                         # Submitted ones wait on the harvest, which any worker runs: no holder.
-                        Recording.status.not_in((*_TERMINAL, RecordingStatus.SUBMITTED)),
+                        Recording.status.not_in((*TERMINAL_STATUSES, RecordingStatus.SUBMITTED)),
                         free,
                     )
                 ).all()
@@ -818,19 +818,6 @@ class PipelineStore:
             return Counter({emotion: int(n) for emotion, n in rows})
 
 
-_TERMINAL = (
-    RecordingStatus.COMPLETED,
-    RecordingStatus.REJECTED,
-    RecordingStatus.SUPERSEDED,
-    RecordingStatus.FAILED,
-    RecordingStatus.STORED,
-)
-
-
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def wall() -> float:
-    return time.time()

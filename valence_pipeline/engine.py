@@ -32,7 +32,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from results_store.models import JobStatus
+from results_store.models import TERMINAL_STATUSES, JobStatus
 from valence_client.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -54,7 +54,7 @@ log = logging.getLogger("valence_pipeline.run")
 # Provider states that mean "the provider has the audio": never upload it again.
 VALENCE_HAS_AUDIO = {"upload_completed", "processing", "completed"}
 VALSEA_HAS_AUDIO = {"queued", "in_progress", "completed"}
-DONE = {"completed", "rejected", "superseded", "failed", "stored"}
+DONE = {status.value for status in TERMINAL_STATUSES}
 VALSEA_NO_CREDITS = "valsea_out_of_credits"
 SENDING = "sending:"
 """External id of a Valsea submit on its way (the provider's id is not known until it answers)."""
