@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 LIMITS_TTL_S = 1.0
 """How long a worker trusts the limits it read (an operator's change reaches it within this)."""
+ARRIVAL_MARGIN_S = 0.25
+"""Each window is counted this much longer than its nominal length. A call is admitted here
+and reaches the provider a little later (a pooled connection to wait for, a loaded machine):
+two calls admitted just over a second apart can land in the same second of the provider's
+count. The margin keeps that skew from becoming a 429, at a small cost in per-second pace."""
 PRUNE_EVERY = 200
 """About one admission in this many deletes the calls older than the longest window."""
 
@@ -146,19 +151,20 @@ class DatabaseLedger:
         wait = paused_until - now
         if not limits:
             return wait
-        windows = sorted(limits, key=lambda w: WINDOW_SECONDS[w])
+        span = {w: WINDOW_SECONDS[w] + ARRIVAL_MARGIN_S for w in limits}
+        windows = sorted(limits, key=lambda w: span[w])
         mine = ProviderCall.provider == self.provider
         # One scan counts every window at once: calls younger than each window's length.
         counts = s.execute(
             sa.select(
-                *(sa.func.count().filter(ProviderCall.at > now - WINDOW_SECONDS[w]) for w in windows)
-            ).where(mine, ProviderCall.at > now - WINDOW_SECONDS[windows[-1]])
+                *(sa.func.count().filter(ProviderCall.at > now - span[w]) for w in windows)
+            ).where(mine, ProviderCall.at > now - span[windows[-1]])
         ).one()
         for window, used in zip(windows, counts, strict=True):
             excess = int(used) + cost - limits[window]
             if excess <= 0:
                 continue
-            seconds = WINDOW_SECONDS[window]
+            seconds = span[window]
             # The call whose expiry frees enough room: the `excess`-th oldest in the window.
             oldest = s.execute(
                 sa.select(ProviderCall.at)
