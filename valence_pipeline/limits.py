@@ -156,9 +156,9 @@ class DatabaseLedger:
         mine = ProviderCall.provider == self.provider
         # One scan counts every window at once: calls younger than each window's length.
         counts = s.execute(
-            sa.select(
-                *(sa.func.count().filter(ProviderCall.at > now - span[w]) for w in windows)
-            ).where(mine, ProviderCall.at > now - span[windows[-1]])
+            sa.select(*(sa.func.count().filter(ProviderCall.at > now - span[w]) for w in windows)).where(
+                mine, ProviderCall.at > now - span[windows[-1]]
+            )
         ).one()
         for window, used in zip(windows, counts, strict=True):
             excess = int(used) + cost - limits[window]
