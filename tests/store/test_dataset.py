@@ -60,9 +60,10 @@ def test_rows_round_trip_with_the_declared_schema(output_uri: str) -> None:
     with dataset.DatasetWriter(output_uri, "run-1", processing_date=DAY1) as writer:
         writer.add(rows)
     assert writer.result is not None
-    assert writer.result.versions == dict.fromkeys(DATASET_TABLES, 1)
+    written = {name: spec for name, spec in DATASET_TABLES.items() if name != "call_analytics"}
+    assert writer.result.versions == dict.fromkeys(written, 1)
 
-    for name, spec in DATASET_TABLES.items():
+    for name, spec in written.items():
         data = dataset.read_table(output_uri, name)
         assert data.schema == spec.read_schema, name
         assert sorted(duckdb_keys(output_uri, name)) == sorted(
@@ -166,34 +167,40 @@ def test_a_writer_killed_mid_commit_leaves_whole_runs_only(local_output_uri: str
     """A child writes run after run; it is killed (SIGKILL) while writing one. Every run a
     reader sees is complete, and both engines see the same rows."""
     rows_per_run = 100_000
-    child = subprocess.Popen(
-        [sys.executable, "-c", WRITER_CHILD, local_output_uri, str(rows_per_run)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "1"  # one run committed
-        table = Path(local_output_uri) / "emotion_segments"
-        known = {p for p in table.rglob("*") if p.is_file()}
-        deadline = time.monotonic() + 60
-        # Kill as soon as the next run has started writing files.
-        while not ({p for p in table.rglob("*") if p.is_file()} - known) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        os.killpg(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
+    table = Path(local_output_uri) / "emotion_segments"
+
+    def data_files() -> set[Path]:
+        return {p for p in table.rglob("*") if p.is_file() and "_delta_log" not in p.parts}
+
+    leftovers: list[Path] = []
+    for _attempt in range(5):  # the kill must land between a run's files and its commit
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER_CHILD, local_output_uri, str(rows_per_run)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "1"  # one run committed
+            known = data_files()
+            deadline = time.monotonic() + 60
+            # Kill as soon as the next run has started writing its data files.
+            while not (data_files() - known) and time.monotonic() < deadline:
+                time.sleep(0.001)
             os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-        if child.stdout is not None:
-            child.stdout.close()
-    listed = set(dataset.file_uris(local_output_uri, "emotion_segments"))
-    leftovers = [
-        p for p in table.rglob("*") if p.is_file() and "_delta_log" not in p.parts and str(p) not in listed
-    ]
-    assert leftovers, "the child was not killed mid-write"
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+            if child.stdout is not None:
+                child.stdout.close()
+        listed = set(dataset.file_uris(local_output_uri, "emotion_segments"))
+        leftovers = [p for p in data_files() if str(p) not in listed]
+        if leftovers:
+            break
+    assert leftovers, "the child was never killed mid-write"
     seen = all_readers_keys(local_output_uri, "emotion_segments")
     assert seen["deltalake"] == seen["duckdb"] and not duplicates(seen["deltalake"])
     runs = dataset.read_table(local_output_uri, "emotion_segments", columns=["run_id"]).column("run_id")

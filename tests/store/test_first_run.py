@@ -18,9 +18,12 @@ def flow_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     calls: list[dict[str, Any]] = []
 
-    def nightly(**kwargs: Any) -> dict[str, Any]:
+    def nightly(return_state: bool = False, **kwargs: Any) -> Any:
+        from prefect.states import Completed
+
         calls.append(kwargs)
-        return {"summary": "nothing to do", "failed": 0}
+        result = {"summary": "nothing to do", "failed": 0}
+        return Completed(data=result) if return_state else result
 
     monkeypatch.setattr(flows.ingest, "nightly_ingest", nightly)
     return calls
