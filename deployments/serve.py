@@ -24,17 +24,20 @@ def _flow(entrypoint: str) -> Any:
 
 
 def served_deployments(prefect_file: Path) -> list[Any]:
-    """A RunnerDeployment for each deployment in the file. The work pool's `job_variables.env`
-    (the heartbeat setting) becomes this process's environment, which flow runs inherit."""
+    """A RunnerDeployment for each deployment in the file. The work pool's shared
+    `job_variables.env` (the heartbeat setting) becomes this process's environment, which flow
+    runs inherit."""
     from prefect.client.schemas.schedules import construct_schedule
     from prefect.events import DeploymentEventTrigger
 
     config = yaml.safe_load(prefect_file.read_text())
+    # The pool's shared environment only: one deployment's own (the nightly's hand-off of
+    # batches to the pool) means nothing in one process, and would apply to every flow here.
+    pool = (config.get("definitions") or {}).get("work_pool") or {}
+    for name, value in ((pool.get("job_variables") or {}).get("env") or {}).items():
+        os.environ.setdefault(name, str(value))
     out = []
     for spec in config.get("deployments", []):
-        pool_env = ((spec.get("work_pool") or {}).get("job_variables") or {}).get("env") or {}
-        for name, value in pool_env.items():
-            os.environ.setdefault(name, str(value))
         schedules = [
             construct_schedule(cron=s["cron"], timezone=s.get("timezone"))
             for s in spec.get("schedules") or []
