@@ -467,8 +467,11 @@ class PipelineStore:
             return repo.upsert_provider_job(s, job)
 
     def job_sent(self, job_id: int, *, external_id: str, next_poll_at: float, attempts: int = 1) -> None:
-        """The provider accepted the call: its id replaces the placeholder of the intent."""
-        with self.store.session_scope() as s:
+        """The provider accepted the call: its id replaces the placeholder of the intent.
+        Replayed if the database drops the connection: losing this id would leave a paid job
+        whose outcome looks unknown."""
+
+        def work(s: Session) -> None:
             s.execute(
                 sa.update(ProviderJob)
                 .where(ProviderJob.id == job_id)
@@ -482,6 +485,8 @@ class PipelineStore:
                     updated_at=utcnow(),
                 )
             )
+
+        self.store.transaction(work)
 
     def drop_job(self, job_id: int) -> None:
         """An intent that certainly never reached the provider leaves no job behind."""
