@@ -532,11 +532,15 @@ class PipelineStore:
             channel=item.channel,
             flow_run_id=run_id,
         )
-        with self.store.session_scope() as s:
+
+        def work(s: Session) -> int:
             job_id = repo.upsert_provider_job(s, job)
             repo.update_job(s, job_id, status=JobStatus.COMPLETED)
             repo.save_emotion_segments(s, job_id, [segment], flow_run_id=run_id)
             return job_id
+
+        # Replayed on connection loss: the answer is paid for, and a lost write would pay again.
+        return self.store.transaction(work)
 
     def claim_due_jobs(self, worker: str, lease_s: float, limit: int) -> list[DueJob]:
         """Jobs whose result is due to be asked for, claimed for `lease_s` (a harvest)."""
@@ -608,7 +612,8 @@ class PipelineStore:
         prosody: ProsodyResult | None = None,
     ) -> None:
         """The provider finished: its results and the job's completion in one transaction."""
-        with self.store.session_scope() as s:
+
+        def work(s: Session) -> None:
             if segments is not None:
                 repo.save_emotion_segments(s, job_id, segments, flow_run_id=run_id)
             if prosody is not None:
@@ -619,6 +624,8 @@ class PipelineStore:
                 .where(ProviderJob.id == job_id)
                 .values(polls=ProviderJob.polls + 1, claimed_by=None, lease_until=None, next_poll_at=None)
             )
+
+        self.store.transaction(work)  # replayed on connection loss: idempotent upserts
 
     def fail_job(self, job_id: int, code: str, message: str) -> None:
         with self.store.session_scope() as s:
