@@ -449,23 +449,6 @@ class PipelineStore:
         with self.store.session_scope() as s:
             return repo.upsert_provider_job(s, job)
 
-    def record_unknown(self, item: WorkItem, *, message: str, run_id: str | None) -> int:
-        """A create call whose answer was lost: the provider may have the job (and bill it).
-        Not sent again by this run; `retry_failed` (or the auto-resend setting) decides."""
-        job = JobIn(
-            recording_id=item.recording_id,
-            provider=Provider(item.provider),
-            model=item.requested_model,
-            external_id=f"unknown:{uuid.uuid4()}",
-            status=JobStatus.UNKNOWN,
-            channel=item.channel,
-            error_code="outcome_unknown",
-            error_message=message[:2000],
-            flow_run_id=run_id,
-        )
-        with self.store.session_scope() as s:
-            return repo.upsert_provider_job(s, job)
-
     def job_sent(self, job_id: int, *, external_id: str, next_poll_at: float, attempts: int = 1) -> None:
         """The provider accepted the call: its id replaces the placeholder of the intent.
         Replayed if the database drops the connection: losing this id would leave a paid job
