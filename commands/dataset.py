@@ -33,6 +33,10 @@ def register(subparsers: Any) -> None:
     compact = actions.add_parser("compact", help="merge small files and vacuum (what the nightly run does)")
     compact.add_argument("--run-id", required=True)
     compact.set_defaults(func=_compact)
+    worker = actions.add_parser(
+        "worker", help="answer export/compact requests, one JSON line each on stdin (a run's dataset child)"
+    )
+    worker.set_defaults(func=_worker)
     history = actions.add_parser("history", help="a table's versions: when, which operation, which run")
     history.add_argument("table")
     _output_uri(history)
@@ -58,6 +62,14 @@ def _compact(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     print(compact_now(args.run_id))
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from tasks.persist import serve_requests
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging("WARNING")
+    return serve_requests(sys.stdin, sys.stdout)
 
 
 def _output_uri(parser: argparse.ArgumentParser) -> None:

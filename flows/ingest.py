@@ -21,7 +21,7 @@ from prefect.states import Failed, State
 
 from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
-from tasks.persist import compact_dataset, export_dataset
+from tasks.persist import DATASET_CHILD, compact_dataset, export_dataset
 from tasks.process import process, sweep
 from tasks.report import build_summary, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
@@ -71,6 +71,7 @@ def process_objects(
 ) -> dict[str, Any] | State:
     """Register `objects`, process them to a final state, export, report."""
     send_pipeline_logs_to_prefect()
+    DATASET_CHILD.start()  # its imports happen while the providers work (tasks/persist.py)
     run_id = str(flow_run.get_id() or run_name)
     budget = None if max_audio_hours is None else max_audio_hours * 3600.0
     open_run(run_id, run_name, trigger, deployment.get_name(), audio_budget_s=budget)
@@ -81,6 +82,8 @@ def process_objects(
     except BaseException:
         close_run(run_id, {"seen": len(objects)}, failed=True)
         raise
+    finally:
+        DATASET_CHILD.close()
     rt = runtime()
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
@@ -162,13 +165,19 @@ def nightly_ingest(
     trigger: str = "schedule",
 ) -> dict[str, Any] | State:
     """The scheduled job: every new or changed recording under `source` (one or more s3:// prefixes)."""
-    objects = discover(_sources(source), since=since, max_files=max_files)
-    without_event = unannounced(objects)
-    result = process_objects(
-        objects, _today_name("nightly"), trigger, max_audio_hours, arrived_without_event=without_event
-    )
-    # Once a night, not per upload event: the day's event runs each added small files.
-    compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
+    # Once a night, not per upload event: the day's event runs each added small files. It
+    # needs nothing of tonight's, so it runs beside the processing, in the dataset child.
+    compaction = compact_dataset.submit(str(flow_run.get_id() or "nightly"))
+    try:
+        objects = discover(_sources(source), since=since, max_files=max_files)
+        without_event = unannounced(objects)
+        result = process_objects(
+            objects, _today_name("nightly"), trigger, max_audio_hours, arrived_without_event=without_event
+        )
+        compacted = compaction.result()
+    finally:
+        compaction.wait()  # never leave it running past the flow (the child ends with it)
+        DATASET_CHILD.close()
     if isinstance(result, State):
         result.data.result["dataset_files_compacted"] = compacted  # type: ignore[union-attr]
         return result
@@ -192,12 +201,15 @@ def process_batch(
     open_run(
         batch_id, str(flow_run.get_name()), "schedule", deployment.get_name(), parent_run_id=parent_run_id
     )
+    DATASET_CHILD.start()
     try:
         process(recording_ids, len(recording_ids), parent_run_id, batch_id, resend_unknown)
         export_dataset(batch_id, recording_ids)
     except BaseException:
         close_run(batch_id, {}, failed=True)
         raise
+    finally:
+        DATASET_CHILD.close()
     rt = runtime()
     statuses = rt.store.statuses(recording_ids)
     failed = sum(1 for s in statuses.values() if s == "failed")

@@ -1,4 +1,13 @@
-"""The analytics dataset: stored results go in one commit per run; nightly compaction."""
+"""The analytics dataset: stored results go in one commit per run; nightly compaction.
+
+Both run in the run's dataset child (`valence-pipeline dataset worker`), a process of its own
+started when the run starts: delta-rs brings about 150 MiB of library code and buffers the
+moment it is used, so the flow process stays bounded by the recordings in flight, and the
+child hands every page back when it exits. Started early, its imports (about 2 s) are paid
+while the run waits on providers, not after the last result; the nightly run's compaction goes
+to it at once and runs beside the processing. One request at a time, JSON lines on its stdin
+and stdout; the child exits when its stdin closes, so a killed run leaves no child behind.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +16,10 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -30,10 +41,22 @@ def export_dataset(run_id: str, recording_ids: list[int] | None) -> list[str]:
     """One dataset commit for what the run stored (not a file per recording), read from the
     database so the dataset and the database agree row for row; the recordings become
     `completed`. `recording_ids` None: every stored recording, a crash's leftovers included."""
-    args = ["export", "--run-id", run_id]
-    if recording_ids is not None:
-        args += ["--recordings", ",".join(map(str, recording_ids))]
-    return list(in_child(args))
+    return list(DATASET_CHILD.call({"op": "export", "run_id": run_id, "recordings": recording_ids}))
+
+
+@task(
+    name="compact-dataset",
+    task_run_name="compact dataset",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    cache_policy=NO_CACHE,
+)
+def compact_dataset(run_id: str) -> int:
+    """Nightly housekeeping: small files merged per partition, crash leftovers removed.
+    A concurrent run's commit wins and this one retries on the new snapshot."""
+    merged = int(DATASET_CHILD.call({"op": "compact", "run_id": run_id}))
+    log.info("compaction merged %d small files", merged)
+    return merged
 
 
 def export_now(run_id: str, recording_ids: list[int] | None) -> list[str]:
@@ -47,26 +70,6 @@ def compact_now(run_id: str) -> int:
     return rt.store.compact_dataset(run_id, rt.settings.output_uri)
 
 
-def in_child(args: list[str]) -> Any:
-    """A dataset command in a short-lived child process (`valence-pipeline dataset ...`).
-
-    delta-rs brings about 150 MiB of library code and buffers the moment it is used; kept out
-    of the flow process, that process stays bounded by the recordings in flight, and the child
-    hands every page back when it exits. Same environment, so the same settings.
-    """
-    done = subprocess.run(
-        [sys.executable, "-m", "commands.main", "dataset", *args],
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=6 * 3600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"dataset {args[0]} failed: {redact(done.stderr[-3000:])}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _call_analytics(session: Any, recording_ids: Sequence[int]) -> list[tuple[Any, list[Any]]]:
     """The per-call analytics table goes into the same dataset commit as the results."""
     import analytics
@@ -75,16 +78,118 @@ def _call_analytics(session: Any, recording_ids: Sequence[int]) -> list[tuple[An
     return [(CALL_ANALYTICS_TABLE, analytics.dataset_records(session, recording_ids))]
 
 
-@task(
-    name="compact-dataset",
-    task_run_name="compact dataset",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    cache_policy=NO_CACHE,
-)
-def compact_dataset(run_id: str) -> int:
-    """Nightly housekeeping: small files merged per partition, crash leftovers removed.
-    A concurrent run's commit wins and this one retries on the new snapshot."""
-    merged = int(in_child(["compact", "--run-id", run_id]))
-    log.info("compaction merged %d small files", merged)
-    return merged
+# --------------------------------------------------------------------------- the child
+
+
+class DatasetChild:
+    """The run's dataset child, as seen from the flow process (thread-safe; restarted if it died)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    def start(self) -> None:
+        """Start the child now, so its imports are done by the time a request comes."""
+        if not self._lock.acquire(blocking=False):
+            return  # a request holds it: the child is started already (and busy)
+        try:
+            self._ensure()
+        finally:
+            self._lock.release()
+
+    def _ensure(self) -> subprocess.Popen[str]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._reap()
+        self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "commands.main", "dataset", "worker"],
+            env=os.environ.copy(),  # same environment, so the same settings
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        return self._proc
+
+    def call(self, request: dict[str, Any]) -> Any:
+        """Send one request and wait for its answer; a failure raises RuntimeError (retryable)."""
+        with self._lock:
+            proc = self._ensure()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(request) + "\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # it died: the empty read below says how
+            for line in proc.stdout:
+                answer = json.loads(line)
+                if "ready" in answer:
+                    continue
+                if "error" in answer:
+                    raise RuntimeError(f"dataset {request['op']} failed: {redact(answer['error'])}")
+                return answer["result"]
+            raise RuntimeError(f"dataset {request['op']} failed: the child exited: {self._reap()}")
+
+    def close(self) -> None:
+        """Let the child finish the request it is on, then end it."""
+        with self._lock:
+            self._reap()
+
+    def _reap(self) -> str:
+        """Stop the child (if any) and return the end of what it wrote to stderr, redacted."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        text = ""
+        if self._stderr is not None:
+            self._stderr.seek(0)
+            text = redact(self._stderr.read()[-3000:])
+            self._stderr.close()
+            self._stderr = None
+        return text
+
+
+DATASET_CHILD = DatasetChild()
+"""The flow process's one dataset child (a flow run is one process; its tasks share it)."""
+
+
+def serve_requests(requests: IO[str], answers: IO[str]) -> int:
+    """The child's side: pay the imports first, then answer requests until stdin closes."""
+    import deltalake  # noqa: F401  (the imports the first request would otherwise wait for)
+
+    import analytics  # noqa: F401
+    from results_store import dataset  # noqa: F401
+
+    runtime().store  # noqa: B018  (connect now, too)
+
+    def answer(payload: dict[str, Any]) -> None:
+        answers.write(json.dumps(payload) + "\n")
+        answers.flush()
+
+    answer({"ready": True})
+    for line in requests:
+        request = json.loads(line)
+        try:
+            if request["op"] == "export":
+                answer({"result": export_now(request["run_id"], request.get("recordings"))})
+            elif request["op"] == "compact":
+                answer({"result": compact_now(request["run_id"])})
+            else:
+                answer({"error": f"unknown request {request['op']!r}"})
+        except Exception as exc:  # the parent's task decides about retries
+            log.exception("dataset %s failed", request.get("op"))
+            answer({"error": f"{type(exc).__name__}: {exc}"})
+    return 0

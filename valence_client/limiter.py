@@ -13,12 +13,13 @@ The memory cost is one float per admitted call per window (10,000 for the docume
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from valence_client._headers import header, seconds_until
 from valence_client._logging import get_logger
@@ -55,14 +56,33 @@ class UsageAware(Protocol):
     def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None: ...
 
 
+WindowKind = Literal["fixed", "sliding"]
+"""How the provider counts: `fixed` windows that start over at whole multiples of their length
+from the Unix epoch (what a per-window `reset` timestamp, as `/v1/rate-limit/status` reports,
+means), or `sliding` ones (any interval as long as the window). Pacing by fixed windows uses the
+whole quota of each window; pacing by sliding ones is safe with any provider, but after a burst
+it waits a full window from the burst, not to the window's end."""
+
+
+def window_start(now: float, seconds: float) -> float:
+    """Start of the fixed window of length `seconds` that `now` (Unix time) falls in."""
+    return math.floor(now / seconds) * seconds
+
+
 @dataclass
 class _Window:
     seconds: float
     limit: int
     admitted: deque[float] = field(default_factory=deque)
+    fixed: bool = False
 
     def prune(self, now: float) -> None:
-        # A call admitted at t counts for [t, t + seconds).
+        # Sliding: a call admitted at t counts for [t, t + seconds). Fixed: until its window ends.
+        if self.fixed:
+            start = window_start(now, self.seconds)
+            while self.admitted and self.admitted[0] < start:
+                self.admitted.popleft()
+            return
         while self.admitted and self.admitted[0] + self.seconds <= now:
             self.admitted.popleft()
 
@@ -70,6 +90,8 @@ class _Window:
         excess = len(self.admitted) + cost - self.limit
         if excess <= 0:
             return 0.0
+        if self.fixed:
+            return window_start(now, self.seconds) + self.seconds - now
         return self.admitted[excess - 1] + self.seconds - now
 
 
@@ -104,12 +126,20 @@ class CallLedger(Protocol):
     def pause(self, seconds: float) -> None:
         """Nobody calls for `seconds` (the server said 429 with Retry-After)."""
 
+    def count_sliding(self) -> None:
+        """From now on count every window as sliding (the provider refused a call that fixed
+        windows allowed, so it does not count the way we thought)."""
+
 
 class MemoryLedger:
-    """One process's count, thread-safe: per window, the times of the calls it admitted."""
+    """One process's count, thread-safe: per window, the times of the calls it admitted.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    `windows="fixed"` needs a Unix-time clock (the windows are aligned to the epoch); it is
+    the default clock then."""
+
+    def __init__(self, clock: Callable[[], float] | None = None, windows: WindowKind = "sliding") -> None:
+        self._fixed = windows == "fixed"
+        self._clock = clock or (time.time if self._fixed else time.monotonic)
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._paused_until = float("-inf")
@@ -120,7 +150,7 @@ class MemoryLedger:
             for name, limit in checked.items():
                 window = self._windows.get(name)
                 if window is None:
-                    self._windows[name] = _Window(WINDOW_SECONDS[name], limit)
+                    self._windows[name] = _Window(WINDOW_SECONDS[name], limit, fixed=self._fixed)
                 else:
                     window.limit = limit
 
@@ -150,7 +180,8 @@ class MemoryLedger:
             missing = (target.limit - max(0, remaining)) - len(target.admitted)
             if missing <= 0:
                 return
-            stamp = now if reset_in_s is None else min(now, now + reset_in_s - target.seconds)
+            # Sliding: placeholders that leave the window when the server's count resets.
+            stamp = now if reset_in_s is None or target.fixed else min(now, now + reset_in_s - target.seconds)
             if stamp + target.seconds <= now:
                 return
             target.admitted = deque(sorted([*target.admitted, *([stamp] * missing)]))
@@ -159,30 +190,40 @@ class MemoryLedger:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def count_sliding(self) -> None:
+        with self._lock:
+            # Stamps stay comparable: a fixed ledger's clock is Unix time, and stays so.
+            self._fixed = False
+            for window in self._windows.values():
+                window.fixed = False
+
 
 class WindowRateLimiter:
     """Thread-safe limiter over second/minute/hour/day windows with an injectable clock.
 
-    The guarantee is exact: in ANY interval as long as a window, no more calls are admitted
-    than that window's limit. `ledger` is where calls are counted (this process by default);
-    `clock`/`sleep` must agree (monotonic seconds) for the default ledger; `wall_clock`
-    converts Unix-time reset headers. `waits` and `waited_s` count the backpressure applied.
+    The guarantee is exact: with `windows="sliding"` (the default), in ANY interval as long as a
+    window, no more calls are admitted than that window's limit; with `"fixed"`, in any of the
+    provider's fixed windows (see `WindowKind`). A 429 with `Retry-After` pauses every caller and
+    turns fixed counting into sliding. `ledger` is where calls are counted (this process by
+    default); `clock`/`sleep` must agree for the default ledger (monotonic seconds, Unix time
+    for fixed windows); `wall_clock` converts Unix-time reset headers. `waits` and `waited_s` count the backpressure applied.
     """
 
     def __init__(
         self,
         limits: Mapping[str, int] | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
         name: str = "",
         ledger: CallLedger | None = None,
+        windows: WindowKind = "sliding",
     ) -> None:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self.name = name
-        self.ledger: CallLedger = ledger if ledger is not None else MemoryLedger(clock)
+        self.ledger: CallLedger = ledger if ledger is not None else MemoryLedger(clock, windows)
         self.waits = 0
         self.waited_s = 0.0
         self._stats_lock = threading.Lock()
@@ -228,6 +269,7 @@ class WindowRateLimiter:
         pause = seconds_until(header(headers, "Retry-After"), now_wall)
         if pause:
             self.pause(pause)
+            self.ledger.count_sliding()
         for name in WINDOW_SECONDS:
             remaining = header(headers, f"X-RateLimit-Remaining-{name}")
             if remaining is not None:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from results_store.db import Store
 from results_store.models import ProviderCall, ProviderLimit, ProviderPacing
-from valence_client.limiter import WINDOW_SECONDS, WindowRateLimiter, check_limits
+from valence_client.limiter import WINDOW_SECONDS, WindowKind, WindowRateLimiter, check_limits, window_start
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,24 @@ PRUNE_EVERY = 200
 
 
 class DatabaseLedger:
-    """A `CallLedger` in the results database, shared by every process that uses it."""
+    """A `CallLedger` in the results database, shared by every process that uses it.
 
-    def __init__(self, store: Store, provider: str, *, clock: Callable[[], float] = time.time) -> None:
+    `windows` says how the provider counts (`valence_client.limiter.WindowKind`): with fixed
+    windows a call counts until its window of the epoch ends (the last `ARRIVAL_MARGIN_S` of a
+    window also count in the next one, for the call that arrives after the boundary); with
+    sliding ones, for one window length (plus the margin) after it was admitted."""
+
+    def __init__(
+        self,
+        store: Store,
+        provider: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        windows: WindowKind = "sliding",
+    ) -> None:
         self.store = store
         self.provider = provider
+        self.windows: WindowKind = windows
         self._clock = clock
         self._cached: tuple[float, dict[str, int]] | None = None
         self._lock = threading.Lock()
@@ -151,18 +164,23 @@ class DatabaseLedger:
         wait = paused_until - now
         if not limits:
             return wait
+        fixed = self.windows == "fixed"
         span = {w: WINDOW_SECONDS[w] + ARRIVAL_MARGIN_S for w in limits}
-        windows = sorted(limits, key=lambda w: span[w])
+        since = {w: self._counted_since(w, now) for w in limits}
+        windows = sorted(limits, key=lambda w: since[w], reverse=True)
         mine = ProviderCall.provider == self.provider
-        # One scan counts every window at once: calls younger than each window's length.
+        # One scan counts every window at once: the calls that still count in each.
         counts = s.execute(
-            sa.select(*(sa.func.count().filter(ProviderCall.at > now - span[w]) for w in windows)).where(
-                mine, ProviderCall.at > now - span[windows[-1]]
+            sa.select(*(sa.func.count().filter(ProviderCall.at > since[w]) for w in windows)).where(
+                mine, ProviderCall.at > since[windows[-1]]
             )
         ).one()
         for window, used in zip(windows, counts, strict=True):
             excess = int(used) + cost - limits[window]
             if excess <= 0:
+                continue
+            if fixed:  # room again when the provider's window starts over
+                wait = max(wait, window_start(now, WINDOW_SECONDS[window]) + WINDOW_SECONDS[window] - now)
                 continue
             seconds = span[window]
             # The call whose expiry frees enough room: the `excess`-th oldest in the window.
@@ -176,6 +194,20 @@ class DatabaseLedger:
             wait = max(wait, float(oldest) + seconds - now)
         return wait
 
+    def _counted_since(self, window: str, now: float) -> float:
+        """Calls admitted after this moment still count in `window` at `now`."""
+        seconds = WINDOW_SECONDS[window]
+        if self.windows == "fixed":
+            return window_start(now, seconds) - ARRIVAL_MARGIN_S
+        return now - seconds - ARRIVAL_MARGIN_S
+
+    def count_sliding(self) -> None:
+        if self.windows != "sliding":
+            log.warning(
+                "%s refused a call that its fixed windows allowed: pacing by sliding windows", self.provider
+            )
+        self.windows = "sliding"
+
     def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
         if window not in WINDOW_SECONDS:
             return
@@ -188,11 +220,12 @@ class DatabaseLedger:
             now = self._clock()
             used = s.execute(
                 sa.select(sa.func.count()).where(
-                    ProviderCall.provider == self.provider, ProviderCall.at > now - seconds
+                    ProviderCall.provider == self.provider, ProviderCall.at > self._counted_since(window, now)
                 )
             ).scalar_one()
             missing = (limit - max(0, remaining)) - int(used)
-            stamp = now if reset_in_s is None else min(now, now + reset_in_s - seconds)
+            fixed = self.windows == "fixed"
+            stamp = now if reset_in_s is None or fixed else min(now, now + reset_in_s - seconds)
             if missing <= 0 or stamp + seconds <= now:
                 return
             s.execute(sa.insert(ProviderCall), [{"provider": self.provider, "at": stamp}] * missing)
@@ -209,10 +242,12 @@ class DatabaseLedger:
         log.info("%s asked us to wait %.1f s: every worker pauses", self.provider, seconds)
 
 
-def database_limiter(store: Store, provider: str, limits: Mapping[str, int]) -> WindowRateLimiter:
+def database_limiter(
+    store: Store, provider: str, limits: Mapping[str, int], windows: WindowKind = "sliding"
+) -> WindowRateLimiter:
     """The provider's limiter for a pipeline process: the settings' limits, counted in the
     database every worker shares."""
-    return WindowRateLimiter(limits, name=provider, ledger=DatabaseLedger(store, provider))
+    return WindowRateLimiter(limits, name=provider, ledger=DatabaseLedger(store, provider, windows=windows))
 
 
 def describe(store: Store) -> list[dict[str, Any]]:

@@ -33,11 +33,12 @@ class Runtime:
     def _limiter(self, provider: str, limits: dict[str, int]) -> Any:
         from valence_client.limiter import WindowRateLimiter
 
-        if not self.settings.shared_rate_limits:
-            return WindowRateLimiter(limits, name=provider)  # this process only (tests, one-offs)
+        windows = self.settings.rate_windows
+        if not self.settings.shared_rate_limits:  # this process only (tests, one-offs)
+            return WindowRateLimiter(limits, name=provider, windows=windows)
         from valence_pipeline.limits import database_limiter
 
-        return database_limiter(self.store.store, provider, limits)
+        return database_limiter(self.store.store, provider, limits, windows)
 
     @cached_property
     def valence(self) -> ValenceClient:

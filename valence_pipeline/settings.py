@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     shared_rate_limits: bool = Field(
         default=True, description="count provider calls in the results database, shared by every worker"
     )
+    rate_windows: Literal["fixed", "sliding"] = Field(
+        default="fixed",
+        description="How the providers count calls: `fixed` windows that start over at whole "
+        "seconds/minutes/hours/days of Unix time (what the per-window `reset` timestamps of "
+        "`/v1/rate-limit/status` describe; each window's whole quota is used), or `sliding` "
+        "ones (safe with any provider, slower after a burst). A 429 switches a worker to sliding.",
+    )
     upload_memory_mb: float = Field(
         default=32.0,
         description="Audio bytes one upload may hold; its part size and parts in flight follow "

@@ -69,6 +69,63 @@ def test_no_window_ever_admits_more_than_its_limit(
         assert admitted_in_any_window(admitted, WINDOW_SECONDS[name]) <= limit
 
 
+def admitted_in_any_fixed_window(times: list[float], seconds: float) -> int:
+    """The most admissions inside one window [k * seconds, (k + 1) * seconds)."""
+    counts: dict[int, int] = {}
+    for t in times:
+        counts[int(t // seconds)] = counts.get(int(t // seconds), 0) + 1
+    return max(counts.values(), default=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(limits=limits_strategy, steps=steps, start=st.floats(0, 3600, allow_nan=False))
+def test_fixed_windows_never_admit_more_than_the_limit_in_any_window_of_the_epoch(
+    limits: dict[str, int], steps: list[tuple[float, int]], start: float
+) -> None:
+    fake = FakeTime()
+    fake.now = 1_800_000_000.0 + start  # Unix time: the windows are the epoch's
+    limiter = WindowRateLimiter(limits, clock=fake.clock, sleep=fake.sleep, windows="fixed")
+    admitted: list[float] = []
+    for gap, cost in steps:
+        fake.now += gap
+        cost = min(cost, *limits.values())
+        limiter.acquire(cost)
+        admitted.extend([fake.now] * cost)
+    for name, limit in limits.items():
+        assert admitted_in_any_fixed_window(admitted, WINDOW_SECONDS[name]) <= limit
+
+
+def test_fixed_windows_use_the_whole_quota_of_each_window() -> None:
+    """5 calls a minute, starting 50 s into a minute: 5 at once, 5 more when the minute turns
+    (a sliding count would hold the second five for a full minute)."""
+    fake = FakeTime()
+    start = 1_800_000_050.0  # 1_800_000_000 is a whole minute of Unix time
+    fake.now = start
+    fixed = WindowRateLimiter({"minute": 5}, clock=fake.clock, sleep=fake.sleep, windows="fixed")
+    for _ in range(10):
+        fixed.acquire()
+    assert fake.now == pytest.approx(start + 10.0)
+    fake.now = start
+    sliding = WindowRateLimiter({"minute": 5}, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(10):
+        sliding.acquire()
+    assert fake.now == pytest.approx(start + 60.0)
+
+
+def test_a_429_turns_fixed_counting_into_sliding() -> None:
+    fake = FakeTime()
+    start = 1_800_000_050.0
+    fake.now = start
+    limiter = WindowRateLimiter(
+        {"minute": 2}, clock=fake.clock, sleep=fake.sleep, wall_clock=fake.clock, windows="fixed"
+    )
+    limiter.acquire()
+    limiter.acquire()
+    limiter.update_from_headers({"Retry-After": "1"})  # refused: the provider counts otherwise
+    limiter.acquire()  # fixed counting would go at the turn of the minute, 10 s on
+    assert fake.now == pytest.approx(start + 60.0)
+
+
 @settings(max_examples=50, deadline=None)
 @given(limit=st.integers(1, 10), calls=st.integers(1, 40))
 def test_it_admits_as_soon_as_a_slot_frees(limit: int, calls: int) -> None:

@@ -54,6 +54,41 @@ def test_a_minute_window_is_shared_between_workers(stores: tuple[Store, Store]) 
     assert b.try_admit(1) == 0.0
 
 
+def test_fixed_windows_start_over_at_the_providers_boundary(stores: tuple[Store, Store]) -> None:
+    """Counted as the provider counts (fixed windows of the epoch): a full minute frees when the
+    minute turns, for both workers; a call in the last moments of a minute also counts in the
+    next one, since it may reach the provider after the boundary."""
+    clock = Clock()
+    minute = 1_800_000_000.0  # a whole minute of Unix time
+    clock.now = minute + 50.0
+    a = DatabaseLedger(stores[0], "valence", clock=clock, windows="fixed")
+    b = DatabaseLedger(stores[1], "valence", clock=clock, windows="fixed")
+    a.configure(LIMITS)
+    assert [a.try_admit(1) for _ in range(3)] == [0.0] * 3
+    assert [b.try_admit(1) for _ in range(2)] == [0.0] * 2
+    assert b.try_admit(1) == pytest.approx(10.0)  # until the minute turns, not 60 s
+    clock.now = minute + 60.0
+    assert [a.try_admit(1) for _ in range(5)] == [0.0] * 5
+    assert b.try_admit(1) == pytest.approx(60.0)
+    # One call just before the next turn counts in the minute after it, too.
+    clock.now = minute + 180.0 - ARRIVAL_MARGIN_S / 2
+    assert a.try_admit(1) == 0.0
+    clock.now = minute + 180.0
+    assert [b.try_admit(1) for _ in range(4)] == [0.0] * 4
+    assert b.try_admit(1) == pytest.approx(60.0)
+
+
+def test_a_429_makes_a_worker_count_sliding_windows(stores: tuple[Store, Store]) -> None:
+    clock = Clock()
+    clock.now = 1_800_000_050.0
+    a = DatabaseLedger(stores[0], "valence", clock=clock, windows="fixed")
+    a.configure(LIMITS)
+    assert [a.try_admit(1) for _ in range(5)] == [0.0] * 5
+    a.count_sliding()
+    clock.now += 10.0  # the minute turned, but the five are younger than a minute
+    assert a.try_admit(1) == pytest.approx(50.0 + ARRIVAL_MARGIN_S)
+
+
 def test_an_operator_lowers_a_limit_while_runs_go_and_clearing_restores_the_settings(
     stores: tuple[Store, Store], migrated_url: str
 ) -> None:
