@@ -146,9 +146,19 @@ def child(source: str) -> None:
     align = float(os.environ.get("BENCH_ALIGN_START_S", "0"))
     if align:  # start on a window boundary, so the bound does not depend on the moment
         time.sleep(align - time.time() % align)
+    profile_to = os.environ.get("BENCH_PROFILE")
+    profiler = None
+    if profile_to:  # where the flow process's main thread spends its time (pyinstrument)
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
     started, started_at = time.monotonic(), time.time()
     result = run_to_result(nightly_ingest, source=source, trigger="manual")
     seconds = time.monotonic() - started
+    if profiler is not None:
+        profiler.stop()
+        Path(str(profile_to)).write_text(profiler.output_text(show_all=False))
     result.pop("summary", None)
     report = {"seconds": seconds, "started_at": started_at, "peak_mib": _peak_mib(), "result": result}
     print(json.dumps(report))
@@ -347,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("limited", "instant", "nights", "sdk"), action="append")
     parser.add_argument("--skip-sdk", action="store_true")
     parser.add_argument("--nights", default="100,2000", help="night sizes for the memory comparison")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="write a pyinstrument profile of the (last) flow process to FILE"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-sdk", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -357,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         child_sdk(*args.child_sdk)
         return 0
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.profile:
+        os.environ["BENCH_PROFILE"] = str(Path(args.profile).resolve())
     wanted = set(args.only or ["limited", "instant", "nights", "sdk"]) - ({"sdk"} if args.skip_sdk else set())
     files = workload()
     durations = [d for _, d in files]

@@ -36,7 +36,7 @@ def discover(
 ) -> list[ObjectVersion]:
     """List every prefix, keep audio modified since `since` that the store has not finished.
 
-    Listing is cheap (1,000 versions a call); the store check is one query per version.
+    Listing is cheap (1,000 versions a call); the store check is one query per 500 keys.
     Oldest first, so a `max_files` budget works through a backlog in arrival order.
     """
     rt = runtime()
@@ -50,7 +50,7 @@ def discover(
                 continue
             found.append(obj)
     found.sort(key=lambda o: (o.last_modified, o.uri))
-    pending = [o for o in found if not rt.store.is_finished(o)]
+    pending = rt.store.unfinished(found)
     log.info("discovered %d audio objects, %d not finished yet", len(found), len(pending))
     return pending[:max_files] if max_files is not None else pending
 

@@ -192,4 +192,7 @@ def serve_requests(requests: IO[str], answers: IO[str]) -> int:
         except Exception as exc:  # the parent's task decides about retries
             log.exception("dataset %s failed", request.get("op"))
             answer({"error": f"{type(exc).__name__}: {exc}"})
-    return 0
+    # Every answer is written and every commit made: skip the interpreter's teardown of
+    # delta-rs and Arrow (about 2 s the run would wait for at its end).
+    logging.shutdown()
+    os._exit(0)

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -40,6 +40,7 @@ from results_store.models import (
     RecordingStatus,
     RunStatus,
     RunTrigger,
+    object_version,
 )
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
@@ -49,6 +50,7 @@ from valence_pipeline.s3 import NULL_VERSION, ObjectVersion
 from valence_pipeline.work import DueJob, RecordingState, WorkItem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ExtraRows = Callable[[Session, Sequence[int]], list[tuple[DatasetTable, list[Any]]]]
 """More dataset rows for some recordings, from a room above this one (per-call analytics)."""
@@ -208,9 +210,27 @@ class PipelineStore:
                 s.execute(sa.update(Recording).where(Recording.id.in_(chunk)).values(run_id=run_id))
             return todo
 
-    def is_finished(self, obj: ObjectVersion) -> bool:
+    def unfinished(self, objects: Sequence[ObjectVersion]) -> list[ObjectVersion]:
+        """The object versions not completed or rejected yet (a re-run skips those), in order:
+        one query per 500 keys, not one per object (a night lists thousands)."""
+        finished: set[tuple[str, str, str]] = set()
+        by_bucket: dict[str, list[str]] = {}
+        for obj in objects:
+            by_bucket.setdefault(obj.bucket, []).append(obj.key)
         with self.store.session_scope() as s:
-            return repo.is_finished(s, obj.bucket, obj.key, version_id=_version_id(obj), etag=obj.etag)
+            for bucket, keys in by_bucket.items():
+                for chunk in _chunks(sorted(set(keys)), 500):
+                    rows = s.execute(
+                        sa.select(Recording.key, Recording.object_version).where(
+                            Recording.bucket == bucket,
+                            Recording.key.in_(chunk),
+                            Recording.status.in_(FINISHED_STATUSES),
+                        )
+                    )
+                    finished.update((bucket, key, version) for key, version in rows)
+        return [
+            o for o in objects if (o.bucket, o.key, object_version(_version_id(o), o.etag)) not in finished
+        ]
 
     def claim(self, recording_id: int, worker: str, lease_s: float) -> RecordingState | None:
         """Take the recording for `lease_s` unless another worker holds a live lease; None when
@@ -813,6 +833,6 @@ class PipelineStore:
             return Counter({emotion: int(n) for emotion, n in rows})
 
 
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,30 @@ def test_requests_are_answered_and_a_failure_keeps_the_child(child: DatasetChild
         child.close()
 
 
-def test_a_dead_child_fails_the_request_and_the_retry_gets_a_new_one(child: DatasetChild) -> None:
+def test_a_child_that_dies_during_a_request_fails_it_and_the_retry_gets_a_new_one(
+    child: DatasetChild,
+) -> None:
     try:
         child.start()
         assert child._proc is not None
-        os.kill(child._proc.pid, signal.SIGKILL)
+        pid = child._proc.pid
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer before it dies
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
         with pytest.raises(RuntimeError, match="the child exited"):
             child.call({"op": "export", "run_id": "r1", "recordings": None})
         assert child.call({"op": "export", "run_id": "r1", "recordings": None}) == []  # the task's retry
+        assert child._proc is not None and child._proc.pid != pid
+    finally:
+        child.close()
+
+
+def test_a_child_found_dead_is_replaced_before_the_request(child: DatasetChild) -> None:
+    try:
+        child.start()
+        assert child._proc is not None
+        child._proc.kill()
+        child._proc.wait()
+        assert child.call({"op": "compact", "run_id": "r1"}) == 0
     finally:
         child.close()
 
