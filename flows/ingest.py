@@ -23,7 +23,7 @@ from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import compact_dataset, export_dataset
 from tasks.process import process, sweep
-from tasks.report import build_summary, publish_report
+from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
 from tasks.runs import close_run, failed_versions, open_run
 from valence_pipeline.runtime import runtime
@@ -68,8 +68,10 @@ def process_objects(
     *,
     resend_unknown: bool = False,
     arrived_without_event: int | None = None,
+    pictures: bool = False,
 ) -> dict[str, Any] | State:
-    """Register `objects`, process them to a final state, export, report."""
+    """Register `objects`, process them to a final state, export, report (with the day's
+    pictures when `pictures`)."""
     send_pipeline_logs_to_prefect()
     run_id = str(flow_run.get_id() or run_name)
     budget = None if max_audio_hours is None else max_audio_hours * 3600.0
@@ -85,7 +87,8 @@ def process_objects(
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
     summary.arrived_without_event = arrived_without_event
-    text = publish_report(summary)
+    drawn = draw_pictures(datetime.now(UTC).date()) if pictures else ""  # the processing day (UTC)
+    text = publish_report(summary, drawn)
     close_run(run_id, summary.counts(), failed=summary.failed > 0)
     result = {"run_id": run_id, "summary": text, **summary.counts()}
     if summary.failed:
@@ -165,7 +168,12 @@ def nightly_ingest(
     objects = discover(_sources(source), since=since, max_files=max_files)
     without_event = unannounced(objects)
     result = process_objects(
-        objects, _today_name("nightly"), trigger, max_audio_hours, arrived_without_event=without_event
+        objects,
+        _today_name("nightly"),
+        trigger,
+        max_audio_hours,
+        arrived_without_event=without_event,
+        pictures=True,  # once a night: the day's calls, upload-event runs' included
     )
     # Once a night, not per upload event: the day's event runs each added small files.
     compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
