@@ -19,6 +19,8 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
+from deployments.names import try_naming_scheduled_runs
+from flows.names import day_name, upload_name
 from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import compact_dataset, export_dataset
@@ -57,7 +59,8 @@ def _failed(message: str, result: dict[str, Any]) -> State:
 
 
 def _today_name(prefix: str) -> str:
-    return f"{prefix}-{date.today().isoformat()}"
+    """`nightly-2026-11-30` for the day this run was scheduled for (see flows/names.py)."""
+    return day_name(prefix, flow_run.get_scheduled_start_time())
 
 
 def process_objects(
@@ -147,9 +150,7 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def _upload_name() -> str:
-    """`upload s3://bucket/key` for an upload event's run (several objects: how many)."""
-    uris = list(flow_run.parameters.get("uris") or [])
-    return f"upload {uris[0]}" if len(uris) == 1 else f"upload {len(uris)} objects"
+    return upload_name(list(flow_run.parameters.get("uris") or []))
 
 
 def _sources(source: str | list[str]) -> list[str]:
@@ -177,6 +178,8 @@ def nightly_ingest(
     )
     # Once a night, not per upload event: the day's event runs each added small files.
     compacted = compact_dataset(str(flow_run.get_id() or "nightly"))
+    # The server's scheduler planned another night when this one started: named from now on.
+    try_naming_scheduled_runs()
     if isinstance(result, State):
         result.data.result["dataset_files_compacted"] = compacted  # type: ignore[union-attr]
         return result
