@@ -181,6 +181,7 @@ def draw_pictures(day: dt.date) -> str:
     import sqlalchemy as sa
 
     from analytics.pictures import publish_night
+    from analytics.store import CALL_SCOPE
     from results_store.models import CallAnalyticsRow
 
     rt = runtime()
@@ -190,12 +191,15 @@ def draw_pictures(day: dt.date) -> str:
             calls = session.scalar(
                 sa.select(sa.func.count())
                 .select_from(CallAnalyticsRow)
-                .where(CallAnalyticsRow.processing_date == day, CallAnalyticsRow.scope == "call")
+                .where(CallAnalyticsRow.processing_date == day, CallAnalyticsRow.scope == CALL_SCOPE)
             )
             if not calls:
                 return ""
             if calls > limit:
-                return f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), not drawn._"
+                return (
+                    f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), "
+                    "not drawn here._"
+                )
             _, markdown = publish_night(session, day, rt.settings)
             return markdown
     except Exception as exc:  # noqa: BLE001 - pictures are a view: the night's results stand
