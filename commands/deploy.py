@@ -1,6 +1,6 @@
 """`valence-pipeline deploy automations`: apply the project's automations to the Prefect server
-at PREFECT_API_URL (the deployments themselves: `prefect deploy --all`); `valence-pipeline
-serve`: every deployment served from this one process instead."""
+at PREFECT_API_URL (the deployments themselves: `prefect deploy --all`) and name the scheduled
+runs; `valence-pipeline serve`: every deployment served from this one process instead."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     deploy = sub.add_parser("deploy", help="apply project configuration to the Prefect server")
     actions = deploy.add_subparsers(dest="deploy_action", metavar="ACTION", required=True)
     automations = actions.add_parser(
-        "automations", help="create or update the automations in deployments/automations.yaml"
+        "automations",
+        help="create or update the automations in deployments/automations.yaml, and name the "
+        "deployments' scheduled runs",
     )
     automations.add_argument("--file", type=Path, help="another automations file (default: the project's)")
     automations.set_defaults(func=_automations)
@@ -32,6 +34,12 @@ def _automations(args: argparse.Namespace) -> int:
 
     for name, what in apply_automations(args.file or AUTOMATIONS_FILE):
         print(f"{what}: {name}")
+    from deployments.names import name_scheduled_runs
+
+    # Right after `prefect deploy --all`: the nightly's upcoming runs get their names now,
+    # not only when each starts (see deployments/names.py).
+    for old, new in name_scheduled_runs():
+        print(f"named: {new} (was {old})")
     return 0
 
 

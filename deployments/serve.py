@@ -61,6 +61,16 @@ def served_deployments(prefect_file: Path) -> list[Any]:
 
 
 def serve_all(prefect_file: Path, limit: int | None = None) -> None:
+    """Serve until interrupted, naming the scheduled runs meanwhile (deployments/names.py)."""
+    import threading
+
     from prefect import serve
 
-    serve(*served_deployments(prefect_file), limit=limit)
+    from deployments.names import keep_naming
+
+    stop = threading.Event()
+    keep_naming(stop)
+    try:
+        serve(*served_deployments(prefect_file), limit=limit)
+    finally:
+        stop.set()

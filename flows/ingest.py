@@ -19,11 +19,13 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
+from deployments.names import try_naming_scheduled_runs
+from flows.names import day_name, upload_name
 from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import DATASET_CHILD, compact_dataset, export_dataset
 from tasks.process import process, sweep
-from tasks.report import build_summary, publish_report
+from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
 from tasks.runs import close_run, failed_versions, open_run
 from valence_pipeline.runtime import runtime
@@ -57,7 +59,8 @@ def _failed(message: str, result: dict[str, Any]) -> State:
 
 
 def _today_name(prefix: str) -> str:
-    return f"{prefix}-{date.today().isoformat()}"
+    """`nightly-2026-11-30` for the day this run was scheduled for (see flows/names.py)."""
+    return day_name(prefix, flow_run.get_scheduled_start_time())
 
 
 def process_objects(
@@ -68,8 +71,10 @@ def process_objects(
     *,
     resend_unknown: bool = False,
     arrived_without_event: int | None = None,
+    pictures: bool = False,
 ) -> dict[str, Any] | State:
-    """Register `objects`, process them to a final state, export, report."""
+    """Register `objects`, process them to a final state, export, report (with the day's
+    pictures when `pictures`)."""
     send_pipeline_logs_to_prefect()
     DATASET_CHILD.start()  # its imports happen while the providers work (tasks/persist.py)
     run_id = str(flow_run.get_id() or run_name)
@@ -88,7 +93,8 @@ def process_objects(
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
     summary.arrived_without_event = arrived_without_event
-    text = publish_report(summary)
+    drawn = draw_pictures(datetime.now(UTC).date()) if pictures else ""  # the processing day (UTC)
+    text = publish_report(summary, drawn)
     close_run(run_id, summary.counts(), failed=summary.failed > 0)
     result = {"run_id": run_id, "summary": text, **summary.counts()}
     if summary.failed:
@@ -147,9 +153,7 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def _upload_name() -> str:
-    """`upload s3://bucket/key` for an upload event's run (several objects: how many)."""
-    uris = list(flow_run.parameters.get("uris") or [])
-    return f"upload {uris[0]}" if len(uris) == 1 else f"upload {len(uris)} objects"
+    return upload_name(list(flow_run.parameters.get("uris") or []))
 
 
 def _sources(source: str | list[str]) -> list[str]:
@@ -172,12 +176,19 @@ def nightly_ingest(
         objects = discover(_sources(source), since=since, max_files=max_files)
         without_event = unannounced(objects)
         result = process_objects(
-            objects, _today_name("nightly"), trigger, max_audio_hours, arrived_without_event=without_event
+            objects,
+            _today_name("nightly"),
+            trigger,
+            max_audio_hours,
+            arrived_without_event=without_event,
+            pictures=True,  # once a night: the day's calls, upload-event runs' included
         )
         compacted = compaction.result()
     finally:
         compaction.wait()  # never leave it running past the flow (the child ends with it)
         DATASET_CHILD.close()
+    # The server's scheduler planned another night when this one started: named from now on.
+    try_naming_scheduled_runs()
     if isinstance(result, State):
         result.data.result["dataset_files_compacted"] = compacted  # type: ignore[union-attr]
         return result

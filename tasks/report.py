@@ -7,6 +7,7 @@ the per-file table are the same facts and agree. Keys are stable (`valence-pipel
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,6 +95,14 @@ class RunSummary:
         c = self.counts()
         return f"{c['failed']} of {c['seen']} files failed ({c['completed']} completed, {c['rejected']} rejected)"
 
+    def outcome(self) -> str:
+        """One line for the summary's card in the run's Artifacts tab (the run's state message
+        when files failed), so the night's outcome shows one click from the run page."""
+        if self.failed:
+            return self.state_message()
+        c = self.counts()
+        return f"{c['completed']} of {c['seen']} files completed ({c['rejected']} rejected)"
+
     def markdown(self) -> str:
         c = self.counts()
         lines = [
@@ -163,11 +172,52 @@ def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files
     )
 
 
+@task(name="pictures", task_run_name="pictures of {day}", cache_policy=NO_CACHE)
+def draw_pictures(day: dt.date) -> str:
+    """Markdown showing the day's distribution of emotions and its escalated calls' timelines
+    inline (`analytics.pictures.publish_night`, which also writes every call's picture beside
+    the dataset); a note instead when the day has more calls than `pictures_max_calls`. Never
+    fails the run: the summary says why it has no pictures."""
+    import sqlalchemy as sa
+
+    from analytics.pictures import publish_night
+    from analytics.store import CALL_SCOPE
+    from results_store.models import CallAnalyticsRow
+
+    rt = runtime()
+    limit = rt.settings.pictures_max_calls
+    try:
+        with rt.store.store.session_scope() as session:
+            calls = session.scalar(
+                sa.select(sa.func.count())
+                .select_from(CallAnalyticsRow)
+                .where(CallAnalyticsRow.processing_date == day, CallAnalyticsRow.scope == CALL_SCOPE)
+            )
+            if not calls:
+                return ""
+            if calls > limit:
+                return (
+                    f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), "
+                    "not drawn here._"
+                )
+            _, markdown = publish_night(session, day, rt.settings)
+            return markdown
+    except Exception as exc:  # noqa: BLE001 - pictures are a view: the night's results stand
+        log.warning("pictures of %s not drawn: %s", day, exc)
+        return f"_The pictures of {day} could not be drawn: {redact(str(exc))}_"
+
+
 @task(name="report", task_run_name="report {summary.run_name}", cache_policy=NO_CACHE)
-def publish_report(summary: RunSummary) -> str:
-    """Publish the summary and the per-file table; returns the markdown (also printed by the CLI)."""
+def publish_report(summary: RunSummary, pictures: str = "") -> str:
+    """Publish the summary (with the night's `pictures` below it) and the per-file table;
+    returns the summary's text (also printed by the CLI, so without the pictures)."""
     text = summary.markdown()
-    create_markdown_artifact(text, key=SUMMARY_KEY, description=f"Summary of {summary.run_name}")
+    create_markdown_artifact(
+        f"{text}\n\n{pictures}" if pictures else text,
+        key=SUMMARY_KEY,
+        # The card in the run's Artifacts tab shows the description's first ~45 characters.
+        description=f"{summary.outcome()}, {summary.run_name}",
+    )
     if summary.files:
         create_table_artifact(
             summary.table(), key=FILES_KEY, description=f"Per-file outcomes of {summary.run_name}"

@@ -76,3 +76,33 @@ def test_only_escalated_calls_can_be_drawn(store: Any) -> None:
     with store.session_scope() as s:
         pictures = night_pictures(s, PROCESSED.date(), settings, only_escalated=True)
     assert [p.name for p in pictures] == ["distribution.png", "1-split.png"]
+
+
+def test_the_nightly_summary_draws_the_day_up_to_the_configured_number_of_calls(tmp_path: Any) -> None:
+    """`tasks.report.draw_pictures`, what the nightly run puts below its summary."""
+    import datetime as dt
+
+    from tasks.report import draw_pictures
+    from tests.analytics.night import DAY, build_night
+    from valence_pipeline.runtime import Runtime, reset_runtime
+
+    url = build_night(tmp_path)  # three calls on DAY, two escalated
+    day = dt.date.fromisoformat(DAY)
+
+    def drawn(max_calls: int, on: dt.date = day) -> str:
+        settings = Settings(
+            _env_file=None, database_url=url, output_uri=str(tmp_path / "out"), pictures_max_calls=max_calls
+        )
+        reset_runtime(Runtime(settings))
+        try:
+            return str(draw_pictures.fn(on))
+        finally:
+            reset_runtime()
+
+    shown = drawn(3)
+    assert len(re.findall(r"!\[[^\]]*\]\(data:image/png;base64,", shown)) == 3  # distribution + 2
+    assert (tmp_path / "out" / "pictures" / DAY / "distribution.png").is_file()
+    assert (
+        drawn(2) == f"_3 calls on {DAY}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS (2), not drawn here._"
+    )
+    assert drawn(3, day + dt.timedelta(days=1)) == ""  # a day without calls: no pictures

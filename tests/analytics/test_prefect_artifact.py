@@ -2,70 +2,21 @@
 UI renders inline `data:image/png;base64,` images, so the pictures show in the run's page
 without any file server.
 
-A `prefect server start` of its own (SQLite, UI on), stopped by the test.
+A `prefect server start` of its own (`prefect_ui`: SQLite, UI on), stopped by the test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
 from analytics.pictures import publish_night
-from localstack.seaweedfs import free_ports
 from results_store.db import Store
 from tests.analytics.browser import DOCS, LAUNCH_ARGS, UPDATE_SCREENSHOTS, chromium_path
 from tests.analytics.night import DAY, build_night
 from valence_pipeline.settings import Settings
-
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-@pytest.fixture
-def prefect_ui(tmp_path: Path) -> Iterator[str]:
-    port = free_ports(1)[0]
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": f"{base}/api", "PREFECT_SERVER_UI_ENABLED": "true"}  # fmt: skip
-    env.pop("PREFECT_API_URL", None)
-    with (tmp_path / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: teardown stops its children too
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{base}/api/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_the_ui_shows_the_pictures_of_a_markdown_artifact(prefect_ui: str, tmp_path: Path) -> None:

@@ -103,6 +103,55 @@ def test_deploy_registers_the_nightly_schedule_and_the_upload_trigger(deployed: 
     assert trigger["expect"] == ["valence-pipeline.recording.uploaded"]
 
 
+def _deploy_automations(server: PrefectServer) -> list[str]:
+    done = subprocess.run(
+        [CLI, "deploy", "automations"], env=server.env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_scheduled_runs_are_named_for_their_night_from_the_moment_they_exist(
+    deployed: PrefectServer, seaweedfs: SeaweedFS, bucket: str, emu: Any, tmp_path: Path
+) -> None:
+    nightly = deployment(deployed, "nightly-ingest/nightly")
+
+    def night_names() -> dict[str, str]:
+        return {r["id"]: r["name"] for r in flow_runs(deployed, nightly["id"])}
+
+    # Right after `prefect deploy --all`, as the README's deploy steps go: however far the
+    # server's scheduler got, the coming nights exist now and carry their day.
+    out = _deploy_automations(deployed)
+    planned = flow_runs(deployed, nightly["id"])
+    assert len(planned) >= 3 and {r["state"]["type"] for r in planned} == {"SCHEDULED"}
+    assert {r["name"] for r in planned} == {f"nightly-{r['expected_start_time'][:10]}" for r in planned}
+    assert all(line.startswith(("created: ", "updated: ", "named: nightly-")) for line in out)
+    time.sleep(3)  # the scheduler (every second here) adds no randomly named twin of a night
+    assert night_names() == {r["id"]: r["name"] for r in planned}
+
+    # A night the scheduler plans later (here: the first one, deleted, is planned again) is
+    # random-named until the next naming pass: here a nightly run's end (an empty night).
+    first = min(planned, key=lambda r: r["expected_start_time"])
+    read_json(deployed, "DELETE", f"/flow_runs/{first['id']}")
+    known = {r["id"] for r in planned}
+    deadline = time.monotonic() + 60
+    new: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not new:
+        new = [r for r in flow_runs(deployed, nightly["id"]) if r["id"] not in known]
+        time.sleep(0.5)
+    [replanned] = new
+    assert replanned["expected_start_time"] == first["expected_start_time"]
+    assert replanned["name"] != first["name"]  # Prefect's random name
+    env = deployed.env(
+        **pipeline_env(seaweedfs, emu, f"sqlite:///{tmp_path / 'results.db'}", tmp_path / "out")
+    )
+    done = subprocess.run(
+        [CLI, "run", "--source", f"s3://{bucket}/"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert night_names()[replanned["id"]] == first["name"]
+
+
 def test_notify_runs_the_upload_deployment_on_a_worker(
     deployed: PrefectServer,
     seaweedfs: SeaweedFS,

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from deployments.names import SERVE_EVERY_S
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.deployments.test_prefect_server import (
@@ -167,7 +168,10 @@ def test_serve_runs_the_upload_deployment_from_one_process(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not flow_runs(server, nightly["id"]):
             time.sleep(1)
-        planned = flow_runs(server, nightly["id"])
+        # ... and serve names them for their night (deployments/names.py) within its period.
+        deadline = time.monotonic() + 2 * SERVE_EVERY_S + 10
+        while time.monotonic() < deadline and not _named(planned := flow_runs(server, nightly["id"])):
+            time.sleep(1)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: serve stops its runner
         try:
@@ -180,6 +184,11 @@ def test_serve_runs_the_upload_deployment_from_one_process(
     assert run["work_pool_name"] is None  # served, not through a work pool
     assert recording_statuses(pg_url) == {"calls/served.wav": "completed"}
     assert planned and {r["state"]["type"] for r in planned} == {"SCHEDULED"}
+    assert _named(planned), [r["name"] for r in planned]
+
+
+def _named(runs: list[dict[str, Any]]) -> bool:
+    return bool(runs) and all(r["name"] == f"nightly-{r['expected_start_time'][:10]}" for r in runs)
 
 
 def _maybe(server: PrefectServer, name: str) -> dict[str, Any] | None:
