@@ -84,6 +84,7 @@ def process_objects(
         ids = register(objects, len(objects), run_id)
         _work(ids, run_id, resend_unknown, run_name)
         files = export_dataset(run_id, None)  # every stored recording: a crash's leftovers too
+        drawn = draw_pictures(datetime.now(UTC).date()) if pictures else ""  # the processing day (UTC)
     except BaseException:
         close_run(run_id, {"seen": len(objects)}, failed=True)
         raise
@@ -93,7 +94,6 @@ def process_objects(
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
     summary.arrived_without_event = arrived_without_event
-    drawn = draw_pictures(datetime.now(UTC).date()) if pictures else ""  # the processing day (UTC)
     text = publish_report(summary, drawn)
     close_run(run_id, summary.counts(), failed=summary.failed > 0)
     result = {"run_id": run_id, "summary": text, **summary.counts()}

@@ -1,6 +1,6 @@
 """The analytics dataset: stored results go in one commit per run; nightly compaction.
 
-Both run in the run's dataset child (`valence-pipeline dataset worker`), a process of its own
+Both (and the nightly summary's pictures, tasks/report.py) run in the run's dataset child (`valence-pipeline dataset worker`), a process of its own
 started when the run starts: delta-rs brings about 150 MiB of library code and buffers the
 moment it is used, so the flow process stays bounded by the recordings in flight, and the
 child hands every page back when it exits. Started early, its imports (about 2 s) are paid
@@ -11,6 +11,7 @@ and stdout; the child exits when its stdin closes, so a killed run leaves no chi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -187,6 +188,10 @@ def serve_requests(requests: IO[str], answers: IO[str]) -> int:
                 answer({"result": export_now(request["run_id"], request.get("recordings"))})
             elif request["op"] == "compact":
                 answer({"result": compact_now(request["run_id"])})
+            elif request["op"] == "pictures":
+                from tasks.report import pictures_markdown
+
+                answer({"result": pictures_markdown(dt.date.fromisoformat(request["day"]))})
             else:
                 answer({"error": f"unknown request {request['op']!r}"})
         except Exception as exc:  # the parent's task decides about retries

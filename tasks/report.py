@@ -174,6 +174,18 @@ def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files
 
 @task(name="pictures", task_run_name="pictures of {day}", cache_policy=NO_CACHE)
 def draw_pictures(day: dt.date) -> str:
+    """`pictures_markdown`, drawn in the run's dataset child (tasks/persist.py): matplotlib and
+    the PNGs stay out of the flow process, and the child's imports are paid already."""
+    from tasks.persist import DATASET_CHILD
+
+    try:
+        return str(DATASET_CHILD.call({"op": "pictures", "day": day.isoformat()}))
+    except RuntimeError as exc:  # the child died: the summary says so, the night stands
+        log.warning("pictures of %s not drawn: %s", day, exc)
+        return f"_The pictures of {day} could not be drawn: {redact(str(exc))}_"
+
+
+def pictures_markdown(day: dt.date) -> str:
     """Markdown showing the day's distribution of emotions and its escalated calls' timelines
     inline (`analytics.pictures.publish_night`, which also writes every call's picture beside
     the dataset); a note instead when the day has more calls than `pictures_max_calls`. Never

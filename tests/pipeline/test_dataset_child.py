@@ -31,6 +31,7 @@ def test_requests_are_answered_and_a_failure_keeps_the_child(child: DatasetChild
         with pytest.raises(RuntimeError, match="unknown request 'nope'"):
             child.call({"op": "nope", "run_id": "r1"})
         assert child.call({"op": "compact", "run_id": "r1"}) == 0
+        assert child.call({"op": "pictures", "day": "2026-11-21"}) == ""  # a day without calls
         assert child._proc is first  # one child for the whole run
     finally:
         child.close()
