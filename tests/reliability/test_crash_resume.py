@@ -55,9 +55,9 @@ def prefect_api() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
-def start_night(env: dict[str, str], source: str) -> subprocess.Popen[bytes]:
+def start_night(env: dict[str, str], source: str, script: str = _NIGHT) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", _NIGHT, source],
+        [sys.executable, "-c", script, source],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -192,3 +192,68 @@ def test_killed_ten_times_the_night_ends_as_if_never_killed_and_pays_once(
         f"\nclean night {duration:.1f} s; killed at {', '.join(f'{m:.1f}' for m in moments)} s; "
         f"paid {dict(paid)} (clean run {dict(clean_paid)}); outcome unknown: {len(unknown)}"
     )
+
+
+# The night, its process killed the moment a discrete answer has arrived (and was billed),
+# before anything of it is stored.
+_KILLED_AFTER_A_DISCRETE_ANSWER = (
+    """
+import os, signal
+from valence_pipeline.bookkeeping import PipelineStore
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+PipelineStore.store_discrete = killed
+"""
+    + _NIGHT
+)
+_RETRY_FAILED = """
+from flows.ingest import retry_failed, run_to_result
+run_to_result(retry_failed)
+"""
+
+
+def test_killed_between_a_discrete_answer_and_its_storing_the_next_run_does_not_pay_again(
+    prefect_api: str,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    make_emulator: Any,
+    tmp_path: Path,
+) -> None:
+    """The discrete call has no idempotency key: a process that dies after its answer and
+    before storing it leaves the outcome unknown (its intent was stored first). The next
+    night does not call again; the recording fails saying so; an operator's retry resends."""
+    upload_samples(s3_client, bucket, (SampleRecording("in/clip.wav", 6),))  # the discrete route
+    source = f"s3://{bucket}/in/"
+    emu = make_emulator(time_scale=3600.0, retention_s=LONG_RETENTION_S)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = {
+        **os.environ,
+        # Valence alone: Valsea's submit (which has the same guard) is not in flight at the kill.
+        **pipeline_env(
+            seaweedfs, emu, database_url, tmp_path / "dataset", VALENCE_PIPELINE_PROVIDERS='["valence"]'
+        ),
+        "PREFECT_API_URL": prefect_api,
+    }
+
+    killed = start_night(env, source, _KILLED_AFTER_A_DISCRETE_ANSWER)
+    try:
+        assert killed.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        kill_group(killed)
+    assert Counter(e["kind"] for e in emu.ledger()["entries"])["valence_discrete"] == 1
+
+    again = start_night(env, source)
+    assert again.wait(timeout=300) == 0
+    assert [n["valence_discrete"] for n in emu.ledger()["by_sha256"].values()] == [1]
+    [(status, reason)] = query(database_url, "select status, reason from recordings")
+    assert status == "failed" and "valence: outcome_unknown" in (reason or ""), (status, reason)
+
+    operator = start_night(env, source, _RETRY_FAILED)
+    assert operator.wait(timeout=300) == 0
+    [(status,)] = query(database_url, "select status from recordings")
+    assert status == "completed"
+    # The operator's resend is the one deliberate second payment.
+    assert Counter(e["kind"] for e in emu.ledger()["entries"])["valence_discrete"] == 2
+    [(segments,)] = query(database_url, "select count(*) from emotion_segments")
+    assert segments == 1
