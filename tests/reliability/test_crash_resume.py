@@ -413,7 +413,12 @@ def test_killed_between_a_discrete_answer_and_its_storing_the_next_run_does_not_
         **os.environ,
         # Valence alone: Valsea's submit (which has the same guard) is not in flight at the kill.
         **pipeline_env(
-            seaweedfs, emu, database_url, tmp_path / "dataset", VALENCE_PIPELINE_PROVIDERS='["valence"]'
+            seaweedfs,
+            emu,
+            database_url,
+            tmp_path / "dataset",
+            VALENCE_PIPELINE_PROVIDERS='["valence"]',
+            VALENCE_PIPELINE_LEASE_S="2",  # the killed night's lease on the clip runs out at once
         ),
         "PREFECT_API_URL": prefect_api,
     }
