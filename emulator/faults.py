@@ -17,7 +17,8 @@ Per API request one outcome is drawn (probabilities add up to at most 1):
 Independently, ``slow`` delays the request by ``slow_s`` seconds before it is handled, and
 ``fail`` makes a newly created async request or Valsea job end in ``failed``. Faults hit the
 provider API paths (``/v1/...``); presigned part PUTs only with ``parts=1``; never the admin
-paths (``/_emulator/...``, ``/health``).
+paths (``/_emulator/...``, ``/health``). ``part_slow_s`` delays every presigned part PUT by that
+many seconds and nothing else (an upload that stays in flight long enough to be caught there).
 
 Replay: the n-th request to a route (e.g. ``POST /v1/prosody``) draws from a generator seeded
 with ``(seed, route, n)``, so the same sequence of calls meets the same faults on every run,
@@ -45,6 +46,7 @@ class FaultSpec:
     slow_s: float = 2.0
     fail: float = 0.0
     parts: bool = False
+    part_slow_s: float = 0.0
     retry_after: int = 1
 
     def __post_init__(self) -> None:
@@ -54,8 +56,8 @@ class FaultSpec:
                 raise ValueError(f"fault probability {name}={value} is not within [0, 1]")
         if self.p_5xx + self.p_429 + self.drop + self.lost > 1.0 + 1e-9:
             raise ValueError("5xx + 429 + drop + lost must not exceed 1")
-        if self.slow_s < 0 or self.retry_after < 0:
-            raise ValueError("slow_s and retry_after must not be negative")
+        if self.slow_s < 0 or self.part_slow_s < 0 or self.retry_after < 0:
+            raise ValueError("slow_s, part_slow_s and retry_after must not be negative")
 
     @classmethod
     def parse(cls, text: str | None) -> FaultSpec:
@@ -129,12 +131,12 @@ class FaultInjector:
 
     def decide(self, route: str, *, part: bool = False) -> FaultDecision:
         if part and not self._spec.parts:
-            return NO_FAULT
+            return FaultDecision(delay_s=self._spec.part_slow_s) if self._spec.part_slow_s else NO_FAULT
         rng, spec = self._rng(route)
         u = rng.random()
         slow = rng.random() < spec.slow
         status = rng.choice((500, 502, 503))
-        delay = spec.slow_s if slow else 0.0
+        delay = (spec.slow_s if slow else 0.0) + (spec.part_slow_s if part else 0.0)
         outcome: Outcome | None = None
         for name, p in (("drop", spec.drop), ("5xx", spec.p_5xx), ("429", spec.p_429), ("lost", spec.lost)):
             if u < p:

@@ -7,7 +7,8 @@ calls leaves every earlier fact committed and any worker resumes from them:
   recording  discovered -> accepted | rejected -> uploading -> submitted -> stored -> completed
              (failed with its reason from any step; superseded if the object changed under us)
   job        uploading (provider id stored before any byte goes up) -> submitted -> completed
-             (results stored in the same transaction) | failed | unknown (create answer lost)
+             (results stored in the same transaction) | failed | unknown (a call without an
+             idempotency key whose answer was lost, or whose worker died before storing it)
 
 Work is claimed with leases: a recording (or a job being harvested) belongs to one worker until
 its lease runs out, and a worker that stopped renewing loses it to whoever comes next.
@@ -497,7 +498,7 @@ class PipelineStore:
             s.execute(sa.delete(ProviderJob).where(ProviderJob.id == job_id))
 
     def record_sending(self, item: WorkItem, *, run_id: str | None) -> int:
-        """The intent of a create call that has no idempotency key, stored before it is sent."""
+        """The intent of a billed call that has no idempotency key, stored before it is sent."""
         job = JobIn(
             recording_id=item.recording_id,
             provider=Provider(item.provider),
@@ -523,27 +524,22 @@ class PipelineStore:
                 )
             )
 
-    def store_discrete(self, item: WorkItem, external_id: str, segment: EmotionSegment, run_id: str) -> int:
-        """A discrete answer is the result itself: job and its one segment in one transaction,
-        so a crash right after never pays for it again."""
-        job = JobIn(
-            recording_id=item.recording_id,
-            provider=Provider(item.provider),
-            model=item.requested_model,
-            external_id=external_id,
-            status=JobStatus.COMPLETED,
-            channel=item.channel,
-            flow_run_id=run_id,
-        )
+    def store_discrete(self, job_id: int, external_id: str, segment: EmotionSegment, run_id: str) -> None:
+        """A discrete answer is the result itself: its intent (`record_sending`) becomes the
+        completed job with its one segment, in one transaction."""
 
-        def work(s: Session) -> int:
-            job_id = repo.upsert_provider_job(s, job)
+        def work(s: Session) -> None:
+            s.execute(
+                sa.update(ProviderJob)
+                .where(ProviderJob.id == job_id)
+                .values(external_id=external_id, error_code=None, error_message=None)
+            )
             repo.update_job(s, job_id, status=JobStatus.COMPLETED)
             repo.save_emotion_segments(s, job_id, [segment], flow_run_id=run_id)
-            return job_id
 
-        # Replayed on connection loss: the answer is paid for, and a lost write would pay again.
-        return self.store.transaction(work)
+        # Replayed on connection loss: the answer is paid for, and a lost write would leave its
+        # outcome unknown.
+        self.store.transaction(work)
 
     def claim_due_jobs(self, worker: str, lease_s: float, limit: int) -> list[DueJob]:
         """Jobs whose result is due to be asked for, claimed for `lease_s` (a harvest)."""

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from results_store.models import TERMINAL_STATUSES, JobStatus
 from valence_client.errors import (
@@ -50,6 +50,7 @@ from valence_pipeline.sources import open_payload
 from valence_pipeline.work import DueJob, RecordingState, WorkItem, plan_work
 
 log = logging.getLogger("valence_pipeline.run")
+T = TypeVar("T")
 
 # Provider states that mean "the provider has the audio": never upload it again.
 VALENCE_HAS_AUDIO = {"upload_completed", "processing", "completed"}
@@ -57,7 +58,9 @@ VALSEA_HAS_AUDIO = {"queued", "in_progress", "completed"}
 DONE = {status.value for status in TERMINAL_STATUSES}
 VALSEA_NO_CREDITS = "valsea_out_of_credits"
 SENDING = "sending:"
-"""External id of a Valsea submit on its way (the provider's id is not known until it answers)."""
+"""External id of a call without an idempotency key on its way (`Engine._send_unkeyed`)."""
+UNKEYED = ("discrete", "prosody")
+"""Modes whose billed call has no idempotency key: a lost answer leaves the outcome unknown."""
 
 
 @dataclass(frozen=True)
@@ -444,10 +447,10 @@ class Engine:
         except ObjectChangedError as exc:
             self._supersede(item.recording_id, exc)
         except APIConnectionError as exc:
-            if item.provider == "valsea" and exc.may_have_arrived:
-                # Valsea's submit has no idempotency key: sending it again could pay twice. The
-                # job stays `unknown` (see `_submit_prosody`); `retry-failed` decides.
-                log.warning("%s: the answer to the submit was lost; outcome unknown, not resent", item.label)
+            if item.mode in UNKEYED and exc.may_have_arrived:
+                # No idempotency key: sending it again could pay twice. The job stays `unknown`
+                # (see `_send_unkeyed`); `retry-failed` decides.
+                log.warning("%s: the answer to the call was lost; outcome unknown, not resent", item.label)
             else:
                 self._send_failed(item, exc)
         except Exception as exc:
@@ -488,10 +491,11 @@ class Engine:
             ):
                 return  # stays unknown; the recording ends failed saying so
             if job.status == JobStatus.UPLOADING and job.external_id.startswith(SENDING):
-                # A worker died while this submit was on its way: Valsea may have it.
-                self.store.mark_unknown(job.id, "the worker stopped while the submit was on its way")
+                # A worker died while this call was on its way, or before it stored the answer:
+                # the provider may have it (and billed it).
+                self.store.mark_unknown(job.id, "the worker stopped while the call was on its way")
                 if not (self.scope.resend_unknown or self.settings.resend_unknown):
-                    log.warning("%s: a stopped worker's submit may have arrived; not resent", item.label)
+                    log.warning("%s: a stopped worker's call may have arrived; not resent", item.label)
                     return
             elif job.status == JobStatus.UPLOADING and self._provider_has(item, job.external_id):
                 log.info("resuming %s: the provider already has it as %s", item.label, job.external_id)
@@ -516,20 +520,7 @@ class Engine:
         stream, size, name = payload.stream, payload.size, payload.name
         try:
             if item.mode == "discrete":
-                result = self.rt.valence.discrete.emotions(file=stream, model=item.model)
-                # The discrete API has no request id: the call's natural key is its recording,
-                # model and channel (two keys with the same bytes are two recordings).
-                channel = "mix" if item.channel is None else str(item.channel)
-                external_id = f"discrete:{item.recording_id}:{item.model}:{channel}"
-                segment = EmotionSegment(
-                    start_s=0.0,
-                    end_s=item.info.duration_s,
-                    emotion=result.main_emotion,
-                    confidence=result.confidence,
-                    all_predictions=result.all_predictions,
-                )
-                self.store.store_discrete(item, external_id, segment, self.scope.batch_run_id)
-                log.info("%s: analysed (discrete), stored", item.label)
+                self._analyse_discrete(item, stream)
             elif item.mode == "async":
                 job_ids: list[int] = []
 
@@ -556,26 +547,56 @@ class Engine:
         finally:
             payload.close()
 
-    def _submit_prosody(self, item: WorkItem, stream: Any, size: int, name: str, attempts: int) -> None:
-        """Valsea's submit has no idempotency key and no way to list jobs: the intent is stored
-        first (an `unknown` job), so a process that dies while sending leaves a job whose
-        outcome is unknown, which is never blindly sent again, instead of no trace at all."""
-        s = self.settings
+    def _send_unkeyed(self, item: WorkItem, call: Callable[[], T]) -> tuple[int, T]:
+        """A billed call with no idempotency key and no way to ask the provider about it
+        afterwards (Valsea's submit, Valence's discrete analysis): its intent is stored first
+        (an `uploading` job named `sending:`), so a process that dies while it is on its way, or
+        after its answer arrived but before that was stored, leaves a job whose outcome is
+        unknown, which is never blindly sent again (see `_send_once`), instead of no trace.
+        Returns the intent's job id (the caller settles it with the answer) and the answer."""
         marker = self.store.record_sending(item, run_id=self.scope.batch_run_id)
         try:
-            job = self.rt.valsea.submit(
-                stream, file_name=name, size=size, language=s.valsea_language,
-                granularity=s.valsea_granularity, response_format=s.valsea_response_format,
-            )  # fmt: skip
+            answer = call()
         except APIConnectionError as exc:
             if exc.may_have_arrived:
                 self.store.mark_unknown(marker, str(exc))
             else:
-                self.store.drop_job(marker)  # it never reached Valsea: free to send again
+                self.store.drop_job(marker)  # it never reached the provider: free to send again
             raise
         except BaseException:
-            self.store.drop_job(marker)  # Valsea answered no, or nothing was sent
+            self.store.drop_job(marker)  # the provider answered no, or nothing was sent
             raise
+        return marker, answer
+
+    def _analyse_discrete(self, item: WorkItem, stream: Any) -> None:
+        marker, result = self._send_unkeyed(
+            item, lambda: self.rt.valence.discrete.emotions(file=stream, model=item.model)
+        )
+        # The discrete API has no request id: the call's natural key is its recording, model
+        # and channel (two keys with the same bytes are two recordings).
+        channel = "mix" if item.channel is None else str(item.channel)
+        segment = EmotionSegment(
+            start_s=0.0,
+            end_s=item.info.duration_s,
+            emotion=result.main_emotion,
+            confidence=result.confidence,
+            all_predictions=result.all_predictions,
+        )
+        self.store.store_discrete(
+            marker, f"discrete:{item.recording_id}:{item.model}:{channel}", segment, self.scope.batch_run_id
+        )
+        log.info("%s: analysed (discrete), stored", item.label)
+
+    def _submit_prosody(self, item: WorkItem, stream: Any, size: int, name: str, attempts: int) -> None:
+        """Valsea's submit has no idempotency key and no way to list jobs (`_send_unkeyed`)."""
+        s = self.settings
+        marker, job = self._send_unkeyed(
+            item,
+            lambda: self.rt.valsea.submit(
+                stream, file_name=name, size=size, language=s.valsea_language,
+                granularity=s.valsea_granularity, response_format=s.valsea_response_format,
+            ),
+        )  # fmt: skip
         self.store.job_sent(
             marker, external_id=job.job_id, next_poll_at=self._first_poll(item), attempts=attempts
         )

@@ -118,7 +118,9 @@ class Settings(BaseSettings):
     step_retry_delay_s: float = 10.0
     twin_wait_s: float = 2.0
     resend_unknown: bool = Field(
-        default=False, description="send again a Valsea submit whose answer was lost (it may be paid twice)"
+        default=False,
+        description="send again a Valsea submit or Valence discrete call whose outcome is unknown "
+        "(its answer was lost, or its worker died before storing it): it may be paid twice",
     )
     batch_size: int = Field(default=50, description="recordings per batch handed to the work pool")
     batch_deployment: str | None = Field(

@@ -12,7 +12,7 @@ import pytest
 from emulator import audio
 from emulator.cli import build_config, register
 from emulator.clock import EmulatedClock
-from emulator.faults import FaultInjector, FaultSpec
+from emulator.faults import FaultDecision, FaultInjector, FaultSpec
 from emulator.ratelimit import RateLimiter
 from tests.emulator.helpers import tone_with_pause, wav
 from valence_client.models import VALENCE_MODELS
@@ -51,6 +51,14 @@ def test_fault_draws_depend_on_seed_route_and_count_only() -> None:
     assert draws(1, False) == draws(1, True)  # other routes do not shift the sequence
     assert draws(1, False) != draws(2, False)
     assert FaultInjector(spec, 0).decide("PUT part", part=True).outcome is None  # parts need parts=1
+
+
+def test_part_slow_delays_every_part_and_nothing_else() -> None:
+    inj = FaultInjector(FaultSpec.parse("part_slow_s=1.5"), 0)
+    assert [inj.decide("PUT part", part=True).delay_s for _ in range(5)] == [1.5] * 5
+    assert inj.decide("POST /v1/prosody") == FaultDecision()
+    both = FaultInjector(FaultSpec.parse("parts=1,slow=1,slow_s=2,part_slow_s=1.5"), 0)
+    assert both.decide("PUT part", part=True).delay_s == 3.5
 
 
 def test_rate_limiter_windows() -> None:

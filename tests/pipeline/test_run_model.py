@@ -189,3 +189,47 @@ def test_a_lost_valsea_submit_answer_is_unknown_and_only_an_operators_retry_send
     result = run_to_result(retry_failed)  # an operator's retry does
     assert result["completed"] == 1
     assert paid(emu)["valsea_job"] == 2 and paid(emu)["valence_async"] == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_lost_discrete_answer_is_unknown_and_the_setting_resends_it_on_the_next_run(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    """The discrete call has no idempotency key either: a lost answer is not sent again by a
+    retry of the step; the run's summary says so; with `VALENCE_PIPELINE_RESEND_UNKNOWN` the
+    next night sends it again by itself."""
+    from valence_client.client import DiscreteAPI
+    from valence_client.errors import APIConnectionError
+    from valence_pipeline.settings import get_settings
+
+    upload_samples(s3_client, bucket, (SampleRecording("in/clip.wav", 6),))  # the discrete route
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset",
+        VALENCE_PIPELINE_PROVIDERS='["valence"]', VALENCE_PIPELINE_STEP_RETRY_DELAY_S="0.2",
+    )  # fmt: skip
+    real = DiscreteAPI.emotions
+
+    def answer_lost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)  # Valence analysed it (and billed it) ...
+        raise APIConnectionError("valence: POST /v1/discrete/emotion failed: the answer was lost")
+
+    monkeypatch.setattr(DiscreteAPI, "emotions", answer_lost)
+    state = night(f"s3://{bucket}/in/")
+    assert state.is_failed()
+    [(status, reason)] = statuses(database_url).values()
+    assert status == "failed" and "valence: outcome_unknown" in (reason or "")
+    assert "- valence: outcome_unknown: 1" in state.result(raise_on_failure=False).result["summary"]
+    assert paid(emu)["valence_discrete"] == 1
+
+    monkeypatch.setattr(DiscreteAPI, "emotions", real)
+    monkeypatch.setenv("VALENCE_PIPELINE_RESEND_UNKNOWN", "true")
+    get_settings.cache_clear()
+    assert night(f"s3://{bucket}/in/").is_completed()
+    assert paid(emu)["valence_discrete"] == 2  # the resend the setting allows
+    assert {s for s, _ in statuses(database_url).values()} == {"completed"}
