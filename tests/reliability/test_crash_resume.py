@@ -3,7 +3,7 @@ and run again after each; the final state equals an uninterrupted run's: the sam
 duplicates, nothing paid twice, and no process of a killed run left behind.
 
 Five kills each land in a named phase, guaranteed: each waits for the phase's observable sign
-(the night's log, the results database's job states, the dataset export's child process in
+(the night's log, the results database's job states, the run's dataset child process in
 the night's process group) and is checked to have landed there. The moment between a finished
 upload and storing it lasts milliseconds, so that night kills its own process group right
 there. Five more kills come at seeded random moments.
@@ -203,11 +203,16 @@ class Signs:
         return set(self.dataset.rglob("*.parquet")) if self.dataset.exists() else set()
 
     def exporting(self, pgid: int, before: set[Path]) -> str | None:
-        """The dataset export's child process is alive and has begun writing files."""
-        if not any("dataset export" in c for c in group_commands(pgid)):
+        """The run's dataset child is alive, results wait for their commit, and it has begun
+        writing files."""
+        if not any("dataset worker" in c for c in group_commands(pgid)) or not self.stored():
             return None
         new = self.parquet() - before
-        return f"export child writing ({len(new)} new files)" if new else None
+        return f"dataset child writing ({len(new)} new files)" if new else None
+
+    def stored(self) -> int:
+        [(n,)] = self.rows("select count(*) from recordings where status = 'stored'") or [(0,)]
+        return int(n)
 
     def in_flight(self, this_night: bool = False) -> set[tuple[str, str]]:
         """Calls without an idempotency key whose intent is stored and outcome not (a kill
@@ -230,7 +235,7 @@ class Signs:
             return "start-up (the flow has not begun)"
         if self.runs() == runs_before:
             return "discovery (the run is not opened yet)"
-        if any("dataset export" in c for c in group_commands(pgid)):
+        if self.stored() and any("dataset worker" in c for c in group_commands(pgid)):
             return "writing the dataset"
         if seen := self.uploading():
             return f"mid-upload ({seen})"
