@@ -145,7 +145,7 @@ class DiscreteAPI:
         files = {"file": (name, data, content_type)}
         logger.info("discrete emotions for %s (model=%s)", name, model)
         body = self._transport.request_json(
-            "POST", self.PATH, params={"model": model}, files=files, idempotent=True
+            "POST", self.PATH, params={"model": model}, files=files, idempotent=True, billed=True
         )
         return parse(DiscreteResult, body, provider=PROVIDER, what="discrete")
 
@@ -153,7 +153,7 @@ class DiscreteAPI:
         payload = {"payload": [_samples(audio_array)]}
         logger.info("discrete emotions for %d samples (model=%s)", len(payload["payload"][0]), model)
         body = self._transport.request_json(
-            "POST", self.PATH, params={"model": model}, json=payload, idempotent=True
+            "POST", self.PATH, params={"model": model}, json=payload, idempotent=True, billed=True
         )
         return parse(DiscreteResult, body, provider=PROVIDER, what="discrete")
 

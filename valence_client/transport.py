@@ -15,6 +15,10 @@ Retry rule (what is safe to send twice):
    to repeat: GET/HEAD/PUT/DELETE/OPTIONS, plus POSTs the caller marks `idempotent=True`
    (Valence discrete analysis is a stateless computation; completing an upload with the same
    parts gives the same result). Creating POSTs (upload initiate, Valsea submit) are not.
+   A call marked `billed=True` (discrete analysis: each call that is answered is paid) is
+   resent after an answered 5xx (the provider failed before doing the work) but not after a
+   lost answer: the call may have been done and paid, and the caller decides (the pipeline
+   records it as unknown rather than pay twice).
 6. A body that cannot be replayed (a plain stream) gets only rule 3.
 
 Wait before a retry: the server's hint first (`Retry-After`, else `X-RateLimit-Reset` on a
@@ -114,6 +118,7 @@ class _Call:
     method: str
     url: str
     safe: bool
+    billed: bool
     replayable: bool
     authenticated: bool
     rate_limited: bool
@@ -220,6 +225,7 @@ class Transport:
         files: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        billed: bool = False,
         idempotency_key: str | None = None,
         replayable: bool | None = None,
         authenticated: bool = True,
@@ -245,6 +251,7 @@ class Transport:
             method=method,
             url=path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}",
             safe=method in SAFE_METHODS if idempotent is None else idempotent,
+            billed=billed,
             replayable=not hasattr(data, "read") if replayable is None else replayable,
             authenticated=authenticated,
             rate_limited=rate_limited,
@@ -408,6 +415,8 @@ class Transport:
                 return None
             return hint if hint is not None else self.backoff(attempt)
         if not call.safe:
+            return None
+        if call.billed and not isinstance(error, ServerError):  # rule 5: a lost answer may be paid
             return None
         hint = retry_after(error.headers, self._wall_clock()) if isinstance(error, ServerError) else None
         if hint is not None and hint <= self.retry.max_retry_after_s:

@@ -298,6 +298,17 @@ def test_retried_discrete_call_keeps_its_idempotency_key_and_bills_once(
     assert emu.ledger()["by_sha256"][sha256(clips["clip"])]["total"] == 1
 
 
+def test_a_discrete_call_whose_answer_was_lost_is_not_sent_again(
+    emu: EmulatorProcess, clips: dict[str, Path], sleeps: Sleeps
+) -> None:
+    """The provider did the work and billed it; a resend would pay again (the caller decides)."""
+    emu.set_faults("lost=1")
+    with valence_for(emu, sleeps, max_retries=10) as client, pytest.raises(APIConnectionError):
+        client.discrete.emotions(file_path=str(clips["clip"]))
+    assert len(api_log(emu, "discrete")) == 1
+    assert emu.ledger()["by_sha256"][sha256(clips["clip"])]["total"] == 1
+
+
 def test_initiate_is_not_resent_after_a_server_error(
     emu: EmulatorProcess, clips: dict[str, Path], sleeps: Sleeps
 ) -> None:
