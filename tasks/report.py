@@ -212,7 +212,7 @@ def pictures_markdown(day: dt.date) -> str:
                     f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), "
                     "not drawn here._"
                 )
-            _, markdown = publish_night(session, day, rt.settings)
+            _, markdown = publish_night(session, day, rt.settings, every_call=False)
             return markdown
     except Exception as exc:  # noqa: BLE001 - pictures are a view: the night's results stand
         log.warning("pictures of %s not drawn: %s", day, exc)

@@ -103,6 +103,10 @@ def test_the_nightly_summary_draws_the_day_up_to_the_configured_number_of_calls(
     shown = drawn(3)
     assert len(re.findall(r"!\[[^\]]*\]\(data:image/png;base64,", shown)) == 3  # distribution + 2
     assert (tmp_path / "out" / "pictures" / DAY / "distribution.png").is_file()
+    # Only what it shows is drawn (the night does not wait for every call's timeline); the
+    # heading still counts every call.
+    assert len(list((tmp_path / "out" / "pictures" / DAY).iterdir())) == 3
+    assert f"Emotions of {DAY}: 3 calls, 2 escalated" in shown
     assert (
         drawn(2) == f"_3 calls on {DAY}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS (2), not drawn here._"
     )
