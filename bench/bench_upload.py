@@ -21,7 +21,11 @@ again over a WAN link: a shaping proxy (`localstack.netproxy`: 40 ms round trip,
 cap) in front of the emulator's API and of the S3 the part URLs point at; the pipeline's
 source bucket stays local to it (a pipeline runs next to its bucket). Prints MB/s (10^6 B/s),
 peak RSS, and ratios against the SDK and boto3; the targets: streamed-from-S3 >= 0.95x the
-SDK end to end and on the WAN link, at <= 100 MiB peak RSS.
+SDK end to end and on the WAN link, at <= 100 MiB peak RSS. Under each table, CPU seconds per
+GiB per process (client, SeaweedFS during the parts and during `complete`, the emulator, the
+WAN proxies) and the `complete` time: on a small shared machine the client, the store and the
+emulator compete for the same cores, so CPU per byte is what a client can win, and a slow
+`complete` with unchanged CPU is the machine's load, not the upload.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -71,7 +76,32 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _ours(source: Any, size: int | None = None, file_name: str | None = None) -> tuple[float, float]:
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass
+class Timing:
+    """What a child measured around the upload itself (its imports and setup excluded)."""
+
+    started: float
+    parts_done: float
+    ended: float
+    cpu_s: float
+
+
+@contextmanager
+def _clock() -> Iterator[Timing]:
+    """Times the block; the block sets `parts_done` (defaults to the end)."""
+    timing = Timing(time.monotonic(), 0.0, 0.0, _cpu_s())
+    yield timing
+    timing.ended = time.monotonic()
+    timing.parts_done = timing.parts_done or timing.ended
+    timing.cpu_s = _cpu_s() - timing.cpu_s
+
+
+def _ours(source: Any, size: int | None = None, file_name: str | None = None) -> Timing:
     from valence_client import ValenceClient
 
     client = ValenceClient(
@@ -81,23 +111,24 @@ def _ours(source: Any, size: int | None = None, file_name: str | None = None) ->
         memory_budget_mb=float(os.environ.get("BENCH_MEMORY_MB", MEMORY_BUDGET_MB)),
     )
     total = size if size is not None else os.path.getsize(source)
-    landed = {"bytes": 0, "at": 0.0}
+    landed = 0
+    with _clock() as timing:
 
-    def progress(n: int) -> None:
-        landed["bytes"] += n
-        if landed["bytes"] >= total:
-            landed["at"] = time.monotonic()
+        def progress(n: int) -> None:
+            nonlocal landed
+            landed += n
+            if landed >= total:
+                timing.parts_done = time.monotonic()
 
-    started = time.monotonic()
-    client.asynch.upload(source, size=size, file_name=file_name, progress=progress)
-    return time.monotonic() - started, landed["at"] - started
+        client.asynch.upload(source, size=size, file_name=file_name, progress=progress)
+    return timing
 
 
-def child_ours_path(path: str) -> tuple[float, float]:
+def child_ours_path(path: str) -> Timing:
     return _ours(path)
 
 
-def child_ours_s3(path: str) -> tuple[float, float]:
+def child_ours_s3(path: str) -> Timing:
     """The pipeline's path: the object in the source bucket, as `submit` opens it."""
     from valence_pipeline.audio import WAV_HEADER_BYTES, AudioInfo
     from valence_pipeline.s3 import head_version, make_s3_client
@@ -116,7 +147,7 @@ def child_ours_s3(path: str) -> tuple[float, float]:
         payload.close()
 
 
-def child_sdk_path(path: str) -> tuple[float, float]:
+def child_sdk_path(path: str) -> Timing:
     import requests
     import valenceai.client
     from valenceai import ValenceClient
@@ -126,28 +157,26 @@ def child_sdk_path(path: str) -> tuple[float, float]:
         base_url=os.environ["VALENCE_API_BASE_URL"],
         show_progress=False,
     )
-    marks: dict[str, float] = {}
     real_post = requests.post
+    with _clock() as timing:
 
-    def post(url: str, *args: Any, **kwargs: Any) -> Any:
-        if url.endswith("/complete"):
-            marks["complete"] = time.monotonic()
-        return real_post(url, *args, **kwargs)
+        def post(url: str, *args: Any, **kwargs: Any) -> Any:
+            if url.endswith("/complete"):
+                timing.parts_done = time.monotonic()
+            return real_post(url, *args, **kwargs)
 
-    valenceai.client.requests.post = post  # type: ignore[attr-defined]  # marks the end of the parts
-    started = time.monotonic()
-    client.asynch.upload(path)
-    return time.monotonic() - started, marks["complete"] - started
+        valenceai.client.requests.post = post  # type: ignore[attr-defined]  # marks the end of the parts
+        client.asynch.upload(path)
+    return timing
 
 
-def child_boto3(path: str) -> tuple[float, float]:
+def child_boto3(path: str) -> Timing:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=os.environ["BENCH_TARGET_S3"])
-    started = time.monotonic()
-    s3.upload_file(path, TARGET_BUCKET, f"runs/{time.time_ns()}.wav")
-    seconds = time.monotonic() - started
-    return seconds, seconds
+    with _clock() as timing:
+        s3.upload_file(path, TARGET_BUCKET, f"runs/{time.time_ns()}.wav")
+    return timing
 
 
 CHILDREN = {
@@ -159,8 +188,9 @@ CHILDREN = {
 
 
 def run_child(mode: str, path: str) -> None:
-    seconds, upload_s = CHILDREN[mode](path)
-    print(json.dumps({"seconds": seconds, "upload_s": upload_s, "peak_mib": _peak_mib()}))
+    timing = CHILDREN[mode](path)
+    report = {**asdict(timing), "peak_mib": _peak_mib()}
+    print(json.dumps(report))
 
 
 # --------------------------------------------------------------------------- parent
@@ -173,30 +203,108 @@ class Row:
     seconds: float
     upload_s: float
     peak_mib: float
+    cpu: dict[str, float]
+    """Median CPU seconds per process and phase (`CPU_COLUMNS`)."""
 
 
-def measure(mode: str, path: Path, env: dict[str, str]) -> dict[str, float]:
-    done = subprocess.run(
-        ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, __file__, "--child", mode, str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
+_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_SAMPLE_S = 0.05
+
+CPU_COLUMNS = (
+    ("client", "client"),
+    ("weed_parts", "weed parts"),
+    ("weed_complete", "weed complete"),
+    ("emulator", "emu complete"),
+    ("bench", "WAN proxies"),
+)
+"""Where the CPU goes: the client child (during the upload, imports excluded), SeaweedFS while
+the parts go up and during `complete`, the emulator during `complete`, this process (the WAN
+proxies run in it)."""
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+class CpuMeter:
+    """Samples the CPU seconds of SeaweedFS, the emulator and this process (which runs the WAN
+    proxies) every 50 ms while a child uploads, so their cost splits into the parts phase and
+    the emulator's `complete`: on 2 cores the store's CPU per byte competes with the client's."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self._samples.append((time.monotonic(), {k: process_cpu_s(p) for k, p in self._pids.items()}))
+
+    def _run(self) -> None:
+        while not self._stop.wait(CPU_SAMPLE_S):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def at(self, moment: float) -> dict[str, float]:
+        """The last sample taken at or before `moment` (the first, if none)."""
+        best = self._samples[0][1]
+        for taken, values in self._samples:
+            if taken > moment:
+                break
+            best = values
+        return best
+
+    def between(self, name: str, start: float, end: float) -> float:
+        return self.at(end)[name] - self.at(start)[name]
+
+
+def measure(mode: str, path: Path, env: dict[str, str], pids: dict[str, int]) -> dict[str, float]:
+    with CpuMeter({**pids, "bench": os.getpid()}) as meter:
+        done = subprocess.run(
+            ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, __file__, "--child", mode, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
     if done.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
-    report: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    child: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    started, parts_done, ended = child["started"], child["parts_done"], child["ended"]
+    return {
+        "seconds": ended - started,
+        "upload_s": parts_done - started,
+        "peak_mib": child["peak_mib"],
+        "client": child["cpu_s"],
+        "weed_parts": meter.between("weed", started, parts_done),
+        "weed_complete": meter.between("weed", parts_done, ended),
+        "emulator": meter.between("emulator", parts_done, ended),
+        "bench": meter.between("bench", started, ended),
+    }
 
 
-def run_link(path: Path, env: dict[str, str], repeat: int, warmup: Path, modes: list[str]) -> list[Row]:
+def run_link(
+    path: Path, env: dict[str, str], pids: dict[str, int], repeat: int, warmup: Path, modes: list[str]
+) -> list[Row]:
     # The emulator creates its S3 client and bucket on the first upload: not part of any row.
-    measure("ours-path", warmup, env)
+    measure("ours-path", warmup, env, pids)
     samples: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(repeat):
         for mode in modes:  # interleaved, so a slow moment hits every row alike
-            samples[mode].append(measure(mode, path, env))
+            samples[mode].append(measure(mode, path, env, pids))
     return [
         Row(
             mode,
@@ -204,20 +312,32 @@ def run_link(path: Path, env: dict[str, str], repeat: int, warmup: Path, modes: 
             statistics.median(s["seconds"] for s in samples[mode]),
             statistics.median(s["upload_s"] for s in samples[mode]),
             max(s["peak_mib"] for s in samples[mode]),
+            {key: statistics.median(s[key] for s in samples[mode]) for key, _ in CPU_COLUMNS},
         )
         for mode, label in ROWS
         if mode in samples
     ]
 
 
+def print_cpu(rows: list[Row], size: int) -> None:
+    per_gib = (1024 * MiB) / size
+    labels = "".join(f" {label:>13}" for _, label in CPU_COLUMNS)
+    print(f"{'CPU s per GiB (median)':<36}{labels} {'complete s':>11}")
+    for r in rows:
+        figures = "".join(f" {r.cpu[key] * per_gib:>13.2f}" for key, _ in CPU_COLUMNS)
+        print(f"{r.label:<36}{figures} {r.seconds - r.upload_s:>11.1f}")
+
+
 def print_table(title: str, rows: list[Row], size: int) -> None:
     by_mode = {r.mode: r for r in rows}
     if set(by_mode) != {mode for mode, _ in ROWS}:  # a partial run (--rows): figures only
+        print(f"\n{title}")
         for r in rows:
             print(
                 f"{r.label:<36} e2e {size / r.seconds / 1e6:.1f} MB/s, parts {size / r.upload_s / 1e6:.1f} MB/s,"
                 f" {r.peak_mib:.0f} MiB"
             )
+        print_cpu(rows, size)
         return
     sdk, boto = by_mode["sdk-path"], by_mode["boto3"]
     print(f"\n{title}")
@@ -239,6 +359,7 @@ def print_table(title: str, rows: list[Row], size: int) -> None:
         f"target (streamed from S3 >= {TARGET_RATIO}x the SDK end to end, <= {TARGET_RSS_MIB} MiB):"
         f" {'met' if ok else 'NOT met'}"
     )
+    print_cpu(rows, size)
 
 
 def write_wav(path: Path, size: int) -> None:
@@ -250,6 +371,11 @@ def write_wav(path: Path, size: int) -> None:
 def host_port(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+def _pid(process: subprocess.Popen[Any] | None) -> int:
+    assert process is not None, "started above"
+    return process.pid
 
 
 @contextmanager
@@ -287,6 +413,10 @@ def services(workdir: Path, path: Path) -> Iterator[dict[str, Any]]:
             NetProxy(host_port(wan_emu.base_url), rtt_s=WAN_RTT_S, bandwidth_bps=WAN_BANDWIDTH_BPS)
         )
         yield {
+            "pids": {
+                "loopback": {"weed": _pid(sw.process), "emulator": _pid(local_emu.process)},
+                "wan": {"weed": _pid(sw.process), "emulator": _pid(wan_emu.process)},
+            },
             "loopback": {
                 **env,
                 "VALENCE_API_KEY": local_emu.valence_key,
@@ -332,10 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         warmup = Path(tmp) / "warmup.wav"
         write_wav(warmup, 6 * MiB)
         with services(Path(tmp), path) as envs:
-            loopback = run_link(path, envs["loopback"], args.repeat, warmup, modes)
+            loopback = run_link(path, envs["loopback"], envs["pids"]["loopback"], args.repeat, warmup, modes)
             print_table("loopback", loopback, size)
             if not args.no_wan:
-                wan = run_link(path, envs["wan"], args.repeat, warmup, modes)
+                wan = run_link(path, envs["wan"], envs["pids"]["wan"], args.repeat, warmup, modes)
                 print_table(
                     f"WAN: {WAN_RTT_S * 1000:.0f} ms round trip, {WAN_BANDWIDTH_BPS * 8 / 1e6:.0f} Mbit/s",
                     wan,
