@@ -37,6 +37,19 @@ def admitted_in_any_window(times: list[float], seconds: float) -> int:
     return best
 
 
+def drive(
+    limiter: WindowRateLimiter, fake: FakeTime, limits: dict[str, int], steps: list[tuple[float, int]]
+) -> list[float]:
+    """Acquire `cost` after each `gap`; the (fake) times of every admitted call."""
+    admitted: list[float] = []
+    for gap, cost in steps:
+        fake.now += gap
+        cost = min(cost, *limits.values())
+        limiter.acquire(cost)
+        admitted.extend([fake.now] * cost)
+    return admitted
+
+
 limits_strategy = st.fixed_dictionaries(
     {},
     optional={
@@ -59,12 +72,7 @@ def test_no_window_ever_admits_more_than_its_limit(
 ) -> None:
     fake = FakeTime()
     limiter = WindowRateLimiter(limits, clock=fake.clock, sleep=fake.sleep)
-    admitted: list[float] = []
-    for gap, cost in steps:
-        fake.now += gap
-        cost = min(cost, *limits.values())
-        limiter.acquire(cost)
-        admitted.extend([fake.now] * cost)
+    admitted = drive(limiter, fake, limits, steps)
     for name, limit in limits.items():
         assert admitted_in_any_window(admitted, WINDOW_SECONDS[name]) <= limit
 
@@ -85,12 +93,7 @@ def test_fixed_windows_never_admit_more_than_the_limit_in_any_window_of_the_epoc
     fake = FakeTime()
     fake.now = 1_800_000_000.0 + start  # Unix time: the windows are the epoch's
     limiter = WindowRateLimiter(limits, clock=fake.clock, sleep=fake.sleep, windows="fixed")
-    admitted: list[float] = []
-    for gap, cost in steps:
-        fake.now += gap
-        cost = min(cost, *limits.values())
-        limiter.acquire(cost)
-        admitted.extend([fake.now] * cost)
+    admitted = drive(limiter, fake, limits, steps)
     for name, limit in limits.items():
         assert admitted_in_any_fixed_window(admitted, WINDOW_SECONDS[name]) <= limit
 
