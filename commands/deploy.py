@@ -1,6 +1,7 @@
 """`valence-pipeline deploy automations`: apply the project's automations to the Prefect server
 at PREFECT_API_URL (the deployments themselves: `prefect deploy --all`) and name the scheduled
-runs; `valence-pipeline serve`: every deployment served from this one process instead."""
+runs; `valence-pipeline deploy name-runs`: keep naming runs as they are created;
+`valence-pipeline serve`: every deployment served from this one process instead."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     automations.add_argument("--file", type=Path, help="another automations file (default: the project's)")
     automations.set_defaults(func=_automations)
+    names = actions.add_parser(
+        "name-runs",
+        help="keep naming this project's runs from the moment they are created (a UI quick run, "
+        "an upload, the schedule); run it beside the server when workers run the flows",
+    )
+    names.add_argument(
+        "--every",
+        type=float,
+        default=None,
+        help="seconds between planning passes of the schedule (default 30; 0: none)",
+    )
+    names.set_defaults(func=_name_runs)
 
     serve = sub.add_parser(
         "serve", help="serve every deployment of prefect.yaml from this process (no work pool or worker)"
@@ -40,6 +53,24 @@ def _automations(args: argparse.Namespace) -> int:
     # not only when each starts (see deployments/names.py).
     for old, new in name_scheduled_runs():
         print(f"named: {new} (was {old})")
+    return 0
+
+
+def _name_runs(args: argparse.Namespace) -> int:
+    import threading
+
+    from valence_pipeline.logs import setup_logging
+
+    setup_logging()
+    from deployments.names import SERVE_EVERY_S, keep_naming
+
+    # Until interrupted: the naming threads are daemons, so Ctrl-C or SIGTERM ends them with us.
+    stop = threading.Event()
+    keep_naming(stop, every_s=SERVE_EVERY_S if args.every is None else args.every)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

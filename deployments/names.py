@@ -9,13 +9,22 @@ the project's deployments still waiting (`nightly-2026-11-30`, as `flows.names` 
 it starts). `valence-pipeline deploy automations` does it once after a deploy, each nightly run
 at its end (the scheduler has planned another night meanwhile), and `valence-pipeline serve`
 every `SERVE_EVERY_S` seconds.
+
+A run created at any other moment (an operator's quick run in the UI, the upload trigger, the
+scheduler between two passes) would keep its random name until a worker starts it, so
+`name_runs_as_created` follows the server's event stream: each `prefect.flow-run.Scheduled`
+event of a run tagged `valence` gets the run named in the same second, while it still waits.
+`valence-pipeline serve` does both; with a work pool, `valence-pipeline deploy name-runs` is
+the small process beside the server that does them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any
+from uuid import UUID
 
 from flows.names import run_name
 
@@ -24,6 +33,10 @@ log = logging.getLogger(__name__)
 PROJECT_TAG = "valence"
 """Every deployment of prefect.yaml carries it."""
 SERVE_EVERY_S = 30.0
+SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
+RECONNECT_AFTER_S = 5.0
+"""After the event stream is lost for good (server restarted longer than the subscriber's own
+reconnection attempts): wait, then subscribe again. The periodic pass names what was missed."""
 
 
 def name_scheduled_runs(client: Any = None) -> list[tuple[str, str]]:
@@ -72,6 +85,54 @@ def name_scheduled_runs(client: Any = None) -> list[tuple[str, str]]:
     return renamed
 
 
+async def name_waiting_run(client: Any, run_id: UUID, flows: dict[Any, str]) -> tuple[str, str] | None:
+    """Name one run of this project if it still waits (Scheduled); returns (old, new) when
+    renamed. A run already started is named by its flow (`flows.names`), so it is left alone."""
+    from prefect.client.schemas.objects import StateType
+
+    run = await client.read_flow_run(run_id)
+    if run.state is None or run.state.type != StateType.SCHEDULED:
+        return None
+    if run.flow_id not in flows:
+        flows[run.flow_id] = (await client.read_flow(run.flow_id)).name
+    name = run_name(flows[run.flow_id], run.parameters, run.expected_start_time)
+    if name is None or run.name == name:
+        return None
+    await client.update_flow_run(run_id, name=name)
+    return run.name, name
+
+
+async def name_runs_as_created(stop: threading.Event | None = None) -> None:
+    """Follow the server's events and name each run of this project as it is created, until
+    `stop` is set (checked at each event) or forever."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    only_ours = EventFilter(
+        event=EventNameFilter(name=[SCHEDULED_EVENT]),
+        related=EventRelatedFilter(resources_in_roles=[(f"prefect.tag.{PROJECT_TAG}", "tag")]),
+    )
+    flows: dict[Any, str] = {}
+    while stop is None or not stop.is_set():
+        try:
+            async with (
+                get_client() as client,
+                get_events_subscriber(filter=only_ours, reconnect_on_clean_close=True) as events,
+            ):
+                log.info("following the server's events: new runs are named as they are created")
+                async for event in events:
+                    if stop is not None and stop.is_set():
+                        return
+                    run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
+                    renamed = await name_waiting_run(client, run_id, flows)
+                    if renamed is not None:
+                        log.info("new run %s is now named %s", *renamed)
+        except Exception as exc:  # noqa: BLE001 - a lost stream is retried; names are a courtesy
+            log.warning("lost the server's event stream (%s); subscribing again", exc)
+        await asyncio.sleep(RECONNECT_AFTER_S)
+
+
 def try_naming_scheduled_runs() -> None:
     """`name_scheduled_runs`, logged; a failure is only a warning (names are a courtesy)."""
     try:
@@ -81,8 +142,10 @@ def try_naming_scheduled_runs() -> None:
         log.warning("could not name the scheduled runs: %s", exc)
 
 
-def keep_naming(stop: threading.Event, every_s: float = SERVE_EVERY_S) -> threading.Thread:
-    """A daemon thread naming the scheduled runs now and every `every_s` until `stop` is set."""
+def keep_naming(stop: threading.Event, every_s: float = SERVE_EVERY_S) -> list[threading.Thread]:
+    """Daemon threads naming this project's runs until `stop` is set: each new run as its event
+    arrives, and the scheduled ones (planned ahead) now and every `every_s` (0: never, when
+    another process plans them)."""
 
     def loop() -> None:
         while True:
@@ -90,6 +153,13 @@ def keep_naming(stop: threading.Event, every_s: float = SERVE_EVERY_S) -> thread
             if stop.wait(every_s):
                 return
 
-    thread = threading.Thread(target=loop, name="name-scheduled-runs", daemon=True)
-    thread.start()
-    return thread
+    threads = [
+        threading.Thread(
+            target=lambda: asyncio.run(name_runs_as_created(stop)), name="name-new-runs", daemon=True
+        )
+    ]
+    if every_s > 0:
+        threads.append(threading.Thread(target=loop, name="name-scheduled-runs", daemon=True))
+    for thread in threads:
+        thread.start()
+    return threads

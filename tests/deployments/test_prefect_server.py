@@ -5,6 +5,8 @@ schedule and event trigger, and `valence-pipeline notify` makes a worker process
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,6 +152,64 @@ def test_scheduled_runs_are_named_for_their_night_from_the_moment_they_exist(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert night_names()[replanned["id"]] == first["name"]
+
+
+def test_a_quick_run_is_named_for_what_it_does_before_any_worker_starts_it(
+    deployed: PrefectServer, tmp_path: Path
+) -> None:
+    """An operator's quick run in the UI (and an upload trigger's run) is created with a random
+    name; `valence-pipeline deploy name-runs` names it from the server's events while it still
+    waits. No worker runs in this test, so only the namer can have named it; `--every 0`
+    turns off the periodic pass, so it is the event that did."""
+    log_path = tmp_path / "name-runs.log"
+    with log_path.open("wb") as log:
+        namer = subprocess.Popen(
+            [CLI, "deploy", "name-runs", "--every", "0"],
+            env=deployed.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test stops all it started
+        )
+    created: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "following the server's events" not in log_path.read_text():
+            assert namer.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "following the server's events" in log_path.read_text(), log_path.read_text()[-3000:]
+
+        # What the UI's "Quick run" posts: no name, no parameters.
+        retry = deployment(deployed, "retry-failed/retry-failed")
+        quick = read_json(deployed, "POST", f"/deployments/{retry['id']}/create_flow_run", {})
+        upload = deployment(deployed, "process-recordings/on-upload")
+        uri = "s3://calls/2026/11/29/a b.wav"
+        event_run = read_json(
+            deployed, "POST", f"/deployments/{upload['id']}/create_flow_run", {"parameters": {"uris": [uri]}}
+        )
+        created = [quick["id"], event_run["id"]]
+        expected = {
+            quick["id"]: f"retry-failed-{quick['expected_start_time'][:10]}",
+            event_run["id"]: f"upload {uri}",
+        }
+        assert quick["name"] != expected[quick["id"]]  # Prefect's random name at creation
+
+        def names() -> dict[str, tuple[str, str]]:
+            runs = {r: read_json(deployed, "GET", f"/flow_runs/{r}") for r in created}
+            return {r: (run["name"], run["state"]["type"]) for r, run in runs.items()}
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and {r: n for r, (n, _) in names().items()} != expected:
+            time.sleep(0.2)
+        assert names() == {r: (name, "SCHEDULED") for r, name in expected.items()}
+    finally:
+        os.killpg(namer.pid, signal.SIGTERM)
+        try:
+            namer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(namer.pid, signal.SIGKILL)
+            namer.wait()
+        for run_id in created:  # no later test's worker picks them up
+            read_json(deployed, "DELETE", f"/flow_runs/{run_id}")
 
 
 def test_notify_runs_the_upload_deployment_on_a_worker(
