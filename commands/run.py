@@ -49,15 +49,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"valence-pipeline run: {exc}", file=sys.stderr)
         return 2
     from flows.ingest import nightly_ingest, run_to_result
+    from flows.temporary_server import temporary_prefect_server
 
-    result = run_to_result(
-        nightly_ingest,
-        source=args.source,
-        since=args.since,
-        max_files=args.max_files,
-        max_audio_hours=args.max_audio_hours,
-        trigger="manual",
-    )
+    with temporary_prefect_server():  # with no PREFECT_API_URL: one that dies with this process
+        result = run_to_result(
+            nightly_ingest,
+            source=args.source,
+            since=args.since,
+            max_files=args.max_files,
+            max_audio_hours=args.max_audio_hours,
+            trigger="manual",
+        )
     print(result["summary"])
     return 0 if result["failed"] == 0 else 1
 

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from emulator.server import ANNOUNCEMENT
+from valence_pipeline.processes import ending_with_this_process
 
 _PREFIX = ANNOUNCEMENT.format(url="")
 
@@ -110,7 +111,12 @@ class EmulatorProcess:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, env=self._env, text=True, start_new_session=True
+                ending_with_this_process(cmd),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self._env,
+                text=True,
+                start_new_session=True,
             )
         finally:
             log.close()

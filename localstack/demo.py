@@ -92,7 +92,10 @@ def _run_nightly() -> dict[str, Any]:
     reset_runtime()
     setup_logging("WARNING")
     upgrade(get_settings().database_url.get_secret_value())
-    return run_to_result(nightly_ingest, source=f"s3://{BUCKET}/", trigger="manual")
+    from flows.temporary_server import temporary_prefect_server
+
+    with temporary_prefect_server():
+        return run_to_result(nightly_ingest, source=f"s3://{BUCKET}/", trigger="manual")
 
 
 def _print_outcome(workdir: Path, result: dict[str, Any], ledger: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from valence_pipeline.processes import ending_with_this_process
+
 log = logging.getLogger(__name__)
 
 # Each HTTP port of weed mini also opens a gRPC port; the rest (admin, iceberg, lance, ...) are
@@ -115,7 +117,11 @@ class SeaweedFS:
         env = {**os.environ, "TMPDIR": str(self.workdir / "tmp")}
         out = (self.workdir / "logs" / "weed.out").open("ab")
         self.process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            ending_with_this_process(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         out.close()
         self._wait_ready()

@@ -1,0 +1,42 @@
+"""Child processes that end with the process that started them.
+
+A process killed outright (SIGKILL, the OOM killer) runs no `finally`, no `atexit`: the
+servers it started (Prefect's temporary server, the demo's SeaweedFS and emulator) would keep
+running for good, holding ports and memory. On Linux the kernel can send a child a signal when
+its parent dies (`prctl(PR_SET_PDEATHSIG)`), a setting that survives `exec`. So a command is
+started through this module: it asks for SIGTERM on its parent's death, makes sure the parent
+did not die in the meantime, then becomes the command (`exec`, same pid, nothing in between).
+
+The signal follows the parent *thread* that forked the child, so start such children from a
+thread that lives as long as they should (the main thread, as every caller here does).
+Elsewhere than Linux the command runs as is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def ending_with_this_process(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that it gets SIGTERM when the calling process dies."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-m", "valence_pipeline.processes", str(os.getpid()), *cmd]
+
+
+def _become(parent: int, cmd: list[str]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request: no signal will come
+        sys.exit(0)
+    os.execvp(cmd[0], cmd)  # noqa: S606 - the caller's own argv, no shell by design
+
+
+if __name__ == "__main__":
+    _become(int(sys.argv[1]), sys.argv[2:])
