@@ -53,7 +53,12 @@ def configure(
 def child_flow_env(prefect_home: Path) -> dict[str, str]:
     """This (configured) environment for a flow run in a child process: its own Prefect home
     and no API URL, so the child starts Prefect's temporary server as its own subprocess."""
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
+    # Its start is slow on a loaded 2-core machine (Prefect's 20 s default timed out there).
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     env.pop("PREFECT_API_URL", None)
     return env
 
