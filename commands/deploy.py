@@ -47,10 +47,10 @@ def _automations(args: argparse.Namespace) -> int:
 
     for name, what in apply_automations(args.file or AUTOMATIONS_FILE):
         print(f"{what}: {name}")
-    from deployments.names import name_scheduled_runs
+    from flows.names import name_scheduled_runs
 
     # Right after `prefect deploy --all`: the nightly's upcoming runs get their names now,
-    # not only when each starts (see deployments/names.py).
+    # not only when each starts (see flows/names.py).
     for old, new in name_scheduled_runs():
         print(f"named: {new} (was {old})")
     return 0
@@ -62,7 +62,7 @@ def _name_runs(args: argparse.Namespace) -> int:
     from valence_pipeline.logs import setup_logging
 
     setup_logging()
-    from deployments.names import SERVE_EVERY_S, keep_naming
+    from flows.names import SERVE_EVERY_S, keep_naming
 
     # Until interrupted: the naming threads are daemons, so Ctrl-C or SIGTERM ends them with us.
     stop = threading.Event()

@@ -61,12 +61,12 @@ def served_deployments(prefect_file: Path) -> list[Any]:
 
 
 def serve_all(prefect_file: Path, limit: int | None = None) -> None:
-    """Serve until interrupted, naming the scheduled runs meanwhile (deployments/names.py)."""
+    """Serve until interrupted, naming the scheduled runs meanwhile (flows/names.py)."""
     import threading
 
     from prefect import serve
 
-    from deployments.names import keep_naming
+    from flows.names import keep_naming
 
     stop = threading.Event()
     keep_naming(stop)

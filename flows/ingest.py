@@ -19,8 +19,7 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
-from deployments.names import try_naming_scheduled_runs
-from flows.names import day_name, upload_name
+from flows.names import day_name, try_naming_scheduled_runs, upload_name
 from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import DATASET_CHILD, compact_dataset, export_dataset

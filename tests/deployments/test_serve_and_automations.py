@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from deployments.names import SERVE_EVERY_S
+from flows.names import SERVE_EVERY_S
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.deployments.test_prefect_server import (
@@ -168,7 +168,7 @@ def test_serve_runs_the_upload_deployment_from_one_process(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not flow_runs(server, nightly["id"]):
             time.sleep(1)
-        # ... and serve names them for their night (deployments/names.py) within its period.
+        # ... and serve names them for their night (flows/names.py) within its period.
         deadline = time.monotonic() + 2 * SERVE_EVERY_S + 10
         while time.monotonic() < deadline and not _named(planned := flow_runs(server, nightly["id"])):
             time.sleep(1)
