@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
 def _export(args: argparse.Namespace) -> int:
     import json
 
-    from tasks.persist import export_now
+    from tasks.dataset_child import export_now
     from valence_pipeline.logs import setup_logging
 
     setup_logging("WARNING")
@@ -56,7 +56,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from tasks.persist import compact_now
+    from tasks.dataset_child import compact_now
     from valence_pipeline.logs import setup_logging
 
     setup_logging("WARNING")
@@ -65,7 +65,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from tasks.persist import serve_requests
+    from tasks.dataset_child import serve_requests
     from valence_pipeline.logs import setup_logging
 
     setup_logging("WARNING")

@@ -20,9 +20,10 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 
 from flows.names import day_name, try_naming_scheduled_runs, upload_name
+from tasks.dataset_child import DATASET_CHILD
 from tasks.discover import discover, register, resolve, unannounced
 from tasks.hooks import mark_run_crashed, mark_run_failed
-from tasks.persist import DATASET_CHILD, compact_dataset, export_dataset
+from tasks.persist import compact_dataset, export_dataset
 from tasks.process import process, sweep
 from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
@@ -75,7 +76,7 @@ def process_objects(
     """Register `objects`, process them to a final state, export, report (with the day's
     pictures when `pictures`)."""
     send_pipeline_logs_to_prefect()
-    DATASET_CHILD.start()  # its imports happen while the providers work (tasks/persist.py)
+    DATASET_CHILD.start()  # its imports happen while the providers work (tasks/dataset_child.py)
     run_id = str(flow_run.get_id() or run_name)
     budget = None if max_audio_hours is None else max_audio_hours * 3600.0
     open_run(run_id, run_name, trigger, deployment.get_name(), audio_budget_s=budget)

@@ -174,47 +174,13 @@ def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files
 
 @task(name="pictures", task_run_name="pictures of {day}", cache_policy=NO_CACHE)
 def draw_pictures(day: dt.date) -> str:
-    """`pictures_markdown`, drawn in the run's dataset child (tasks/persist.py): matplotlib and
+    """`pictures_markdown`, drawn in the run's dataset child (tasks/dataset_child.py): matplotlib and
     the PNGs stay out of the flow process, and the child's imports are paid already."""
-    from tasks.persist import DATASET_CHILD
+    from tasks.dataset_child import DATASET_CHILD
 
     try:
         return str(DATASET_CHILD.call({"op": "pictures", "day": day.isoformat()}))
     except RuntimeError as exc:  # the child died: the summary says so, the night stands
-        log.warning("pictures of %s not drawn: %s", day, exc)
-        return f"_The pictures of {day} could not be drawn: {redact(str(exc))}_"
-
-
-def pictures_markdown(day: dt.date) -> str:
-    """Markdown showing the day's distribution of emotions and its escalated calls' timelines
-    inline (`analytics.pictures.publish_night`, which also writes every call's picture beside
-    the dataset); a note instead when the day has more calls than `pictures_max_calls`. Never
-    fails the run: the summary says why it has no pictures."""
-    import sqlalchemy as sa
-
-    from analytics.pictures import publish_night
-    from analytics.store import CALL_SCOPE
-    from results_store.models import CallAnalyticsRow
-
-    rt = runtime()
-    limit = rt.settings.pictures_max_calls
-    try:
-        with rt.store.store.session_scope() as session:
-            calls = session.scalar(
-                sa.select(sa.func.count())
-                .select_from(CallAnalyticsRow)
-                .where(CallAnalyticsRow.processing_date == day, CallAnalyticsRow.scope == CALL_SCOPE)
-            )
-            if not calls:
-                return ""
-            if calls > limit:
-                return (
-                    f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), "
-                    "not drawn here._"
-                )
-            _, markdown = publish_night(session, day, rt.settings, every_call=False)
-            return markdown
-    except Exception as exc:  # noqa: BLE001 - pictures are a view: the night's results stand
         log.warning("pictures of %s not drawn: %s", day, exc)
         return f"_The pictures of {day} could not be drawn: {redact(str(exc))}_"
 

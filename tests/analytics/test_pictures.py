@@ -79,11 +79,11 @@ def test_only_escalated_calls_can_be_drawn(store: Any) -> None:
 
 
 def test_the_nightly_summary_draws_the_day_up_to_the_configured_number_of_calls(tmp_path: Any) -> None:
-    """`tasks.report.pictures_markdown`, what the nightly run puts below its summary (drawn in
+    """`tasks.dataset_child.pictures_markdown`, what the nightly run puts below its summary (drawn in
     its dataset child: `draw_pictures`)."""
     import datetime as dt
 
-    from tasks.report import pictures_markdown
+    from tasks.dataset_child import pictures_markdown
     from tests.analytics.night import DAY, build_night
     from valence_pipeline.runtime import Runtime, reset_runtime
 

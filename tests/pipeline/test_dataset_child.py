@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from results_store import db
-from tasks.persist import DatasetChild
+from tasks.dataset_child import DatasetChild
 
 
 @pytest.fixture
