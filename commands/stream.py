@@ -9,9 +9,10 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from valence_client import ReconnectPolicy, ValenceClient, ValenceSDKException
+from valence_client import ReconnectPolicy, ValenceSDKException
 from valence_client.models import format_clock
 from valence_client.stream_protocol import WINDOW_SECONDS, PredictionEvent
+from valence_pipeline.providers import valence_client
 from valence_pipeline.settings import get_settings
 
 RECONNECT = ReconnectPolicy(initial_s=0.5, max_s=10.0, max_attempts=8)
@@ -64,7 +65,7 @@ def run_stream(
         return 2
     settings = get_settings()
     try:
-        client = ValenceClient.from_settings(settings)
+        client = valence_client(settings)
         stream = client.streaming.connect(model=model or settings.valence_model, reconnect=RECONNECT)
     except ValenceSDKException as exc:
         print(f"valence-pipeline stream: {exc}", file=err)

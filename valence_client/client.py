@@ -53,7 +53,6 @@ from valence_client.upload import (
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from valence_pipeline.settings import Settings
 
 logger = get_logger(__name__)
 
@@ -426,33 +425,6 @@ class ValenceClient(ProviderClient):
         self.rate_limit = RateLimitAPI(self.transport, self.transport.limiter, self._learn_limits)
         # Same limiter: a stream's connection counts against the account's request budget.
         self.streaming = StreamingAPI(self._api_key, self.websocket_url, limiter=self.transport.limiter)
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ValenceClient:
-        """A client configured by the pipeline's `Settings` (the process settings by default);
-        keyword `overrides` win."""
-        if settings is None:
-            from valence_pipeline.settings import get_settings
-
-            settings = get_settings()
-        options: dict[str, Any] = {
-            "api_key": settings.valence_api_key,
-            "base_url": settings.valence_api_base_url,
-            "websocket_url": settings.valence_websocket_url,
-            "part_size": settings.upload_part_size,
-            "max_threads": settings.upload_threads,
-            "show_progress": False,
-            # Every timeline row then carries all the model's scores, not only the top one;
-            # their label set is also how we learn which model produced an async job.
-            "comprehensive_output": True,
-            "timeout": settings.http_timeout_s,
-            "max_retries": settings.http_max_retries,
-            "rate_limits": settings.valence_rate_limits,
-            "max_upload_mb": settings.max_file_bytes / MiB,
-            "memory_budget_mb": settings.upload_memory_mb,
-        }
-        options.update(overrides)
-        return cls(**options)
 
     @property
     def api_key(self) -> str:

@@ -34,7 +34,6 @@ from valence_client.upload import Readable, UploadSource, open_source
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from valence_pipeline.settings import Settings
 
 logger = get_logger(__name__)
 
@@ -179,23 +178,6 @@ class ValseaClient(ProviderClient):
         )
         self._sleep = sleep if sleep is not None else time.sleep
         self._clock = clock if clock is not None else time.monotonic
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ValseaClient:
-        """A client configured by the pipeline's `Settings`; keyword `overrides` win."""
-        if settings is None:
-            from valence_pipeline.settings import get_settings
-
-            settings = get_settings()
-        options: dict[str, Any] = {
-            "api_key": settings.valsea_api_key,
-            "base_url": settings.valsea_api_base_url,
-            "timeout": settings.http_timeout_s,
-            "max_retries": settings.http_max_retries,
-            "rate_limits": settings.valsea_rate_limits,
-        }
-        options.update(overrides)
-        return cls(**options)
 
     def submit(
         self,

@@ -42,19 +42,17 @@ class Runtime:
 
     @cached_property
     def valence(self) -> ValenceClient:
-        from valence_client import ValenceClient
+        from valence_pipeline.providers import valence_client
 
-        return ValenceClient.from_settings(
+        return valence_client(
             self.settings, limiter=self._limiter("valence", self.settings.valence_rate_limits)
         )
 
     @cached_property
     def valsea(self) -> ValseaClient:
-        from valence_client import ValseaClient
+        from valence_pipeline.providers import valsea_client
 
-        return ValseaClient.from_settings(
-            self.settings, limiter=self._limiter("valsea", self.settings.valsea_rate_limits)
-        )
+        return valsea_client(self.settings, limiter=self._limiter("valsea", self.settings.valsea_rate_limits))
 
     @cached_property
     def store(self) -> PipelineStore:

@@ -26,6 +26,7 @@ from valence_client import (
 )
 from valence_client import errors as our_errors
 from valence_client.models import AsyncStatus, EmotionSegment
+from valence_pipeline.providers import valence_client
 from valence_pipeline.settings import Settings
 
 STATUS = r"/v1/asynch/emotion/status/(.+)"
@@ -323,7 +324,7 @@ def test_from_settings_uses_secret_str_and_options(stub: StubServer) -> None:
         http_max_retries=2,
         valence_rate_limits={"second": 3, "minute": 30, "hour": 300, "day": 3000},
     )
-    client = ValenceClient.from_settings(settings)
+    client = valence_client(settings)
     assert client.api_key == VALENCE_KEY and client.base_url == stub.base_url
     assert (client.asynch.part_size, client.asynch.max_threads, client.asynch.show_progress) == (
         8 * 1024 * 1024,
@@ -334,4 +335,4 @@ def test_from_settings_uses_secret_str_and_options(stub: StubServer) -> None:
     assert isinstance(client.transport.limiter, WindowRateLimiter)
     assert client.transport.limiter.limits["second"] == 3
     override = WindowRateLimiter()
-    assert ValenceClient.from_settings(settings, limiter=override).transport.limiter is override
+    assert valence_client(settings, limiter=override).transport.limiter is override

@@ -234,9 +234,10 @@ def test_wait_raises_on_failed_job(stub: StubServer, valsea: ValseaClient) -> No
 
 
 def test_from_settings_and_env(monkeypatch: pytest.MonkeyPatch, stub: StubServer, sleeps: Sleeps) -> None:
+    from valence_pipeline.providers import valsea_client
     from valence_pipeline.settings import Settings
 
-    client = ValseaClient.from_settings(
+    client = valsea_client(
         Settings(valsea_api_key=VALSEA_KEY, valsea_api_base_url=stub.base_url, http_max_retries=1)
     )
     assert client.base_url == stub.base_url and client.transport.retry.max_retries == 1
