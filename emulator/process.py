@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from emulator.server import ANNOUNCEMENT
-from valence_pipeline.processes import ending_with_this_process
+from valence_pipeline.processes import ending_with_this_process, stop_process
 
 _PREFIX = ANNOUNCEMENT.format(url="")
 
@@ -142,13 +142,7 @@ class EmulatorProcess:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
 
     def restart(self) -> EmulatorProcess:
         """Stop and start again on the same port with the same keys (all state is lost, as

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from valence_pipeline.processes import ending_with_this_process
+from valence_pipeline.processes import ending_with_this_process, stop_process
 
 
 def _free_port() -> int:
@@ -98,9 +98,4 @@ def temporary_prefect_server(startup_timeout_s: float | None = None) -> Iterator
             os.environ.pop("PREFECT_API_URL", None)
     finally:
         _drain_to(server)
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from valence_pipeline.processes import ending_with_this_process
+from valence_pipeline.processes import ending_with_this_process, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +150,8 @@ class SeaweedFS:
         raise TimeoutError(f"SeaweedFS not ready after {self.startup_timeout_s}s: {last}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
+        proc, self.process = self.process, None
+        stop_process(proc)
 
     def __enter__(self) -> SeaweedFS:
         return self.start()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -27,6 +29,18 @@ def ending_with_this_process(cmd: list[str]) -> list[str]:
     if not sys.platform.startswith("linux"):
         return cmd
     return [sys.executable, "-m", "valence_pipeline.processes", str(os.getpid()), *cmd]
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10) -> None:
+    """Ask `proc` to end (SIGTERM), then kill it if it has not within `timeout_s`; reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _become(parent: int, cmd: list[str]) -> None:
