@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the results database (SQLite file by default). Secret: "
         "it can hold a password; read it with `.get_secret_value()`, print it with `safe_url`.",
     )
+    database_reconnect_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a transaction that starts while the database is unreachable (a "
+        "restart, a fail-over) waits for it before failing.",
+    )
     output_uri: str = Field(
         default=str(DEFAULT_HOME / "dataset"),
         description="Dataset root (one Delta Lake table per result table): a local folder or an s3://bucket/prefix.",
