@@ -129,6 +129,13 @@ class Settings(BaseSettings):
         "(its answer was lost, or its worker died before storing it): it may be paid twice",
     )
     batch_size: int = Field(default=50, description="recordings per batch handed to the work pool")
+    sweep_patience_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long the night leaves never-claimed recordings to its batches while one "
+        "still runs (a worker that died before or during its batch leaves it running for good) "
+        "before taking them on itself; unset: ten leases, at least 300 s",
+    )
     batch_deployment: str | None = Field(
         default=None,
         description="`flow/deployment` that runs a night's batches on the work pool; unset: in this process",
