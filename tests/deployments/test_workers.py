@@ -122,13 +122,17 @@ class Workers:
         return submitted - lost
 
     def stop(self) -> None:
-        """Stop the workers and whatever flow runs they still run (in sessions of their own)."""
+        """Stop the workers and whatever flow runs they still run (in sessions of their own).
+
+        A `prefect worker` told SIGTERM does not exit of itself here (it waited out the whole
+        grace period every time, 30 s per test), and no test depends on its graceful stop: a
+        few seconds, then SIGKILL."""
         runs = [pid for proc in self.procs.values() for pid in descendants(proc.pid)]
         for proc in self.procs.values():
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs.values():
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
