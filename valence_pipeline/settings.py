@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="how long the night leaves never-claimed recordings to its batches while one "
-        "still runs (a worker that died before or during its batch leaves it running for good) "
+        "still runs (a batch whose worker died stays Running until an automation crashes it) "
         "before taking them on itself; unset: ten leases, at least 300 s",
     )
     batch_deployment: str | None = Field(
