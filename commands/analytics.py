@@ -43,7 +43,8 @@ def _open(args: argparse.Namespace) -> Any:
 
     settings = get_settings()
     try:
-        return settings, db.Store(args.database_url or settings.database_url.get_secret_value())
+        url = args.database_url or settings.database_url.get_secret_value()
+        return settings, db.Store(url, reconnect_wait_s=settings.database_reconnect_wait_s)
     except db.SchemaError as exc:
         print(str(exc), file=sys.stderr)
         return settings, None

@@ -49,7 +49,10 @@ def _open_store() -> Store | None:
     from valence_pipeline.settings import get_settings
 
     try:
-        return db.Store(get_settings().database_url.get_secret_value())
+        settings = get_settings()
+        return db.Store(
+            settings.database_url.get_secret_value(), reconnect_wait_s=settings.database_reconnect_wait_s
+        )
     except db.SchemaError as exc:
         print(f"valence-pipeline events: {exc}", file=sys.stderr)
         return None

@@ -42,7 +42,10 @@ def _limits(args: argparse.Namespace) -> int:
     from valence_pipeline.limits import DatabaseLedger, describe
     from valence_pipeline.settings import get_settings
 
-    store = get_store(args.database_url or get_settings().database_url.get_secret_value())
+    settings = get_settings()
+    store = get_store(
+        args.database_url or settings.database_url.get_secret_value(), settings.database_reconnect_wait_s
+    )
     if args.action == "show":
         rows = describe(store)
         if not rows:

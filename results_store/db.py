@@ -10,7 +10,8 @@ their own `session_scope()`; no live session ever crosses a task boundary.
 Connection loss (a PostgreSQL restart or fail-over) is handled in one place,
 `retry_on_connection_loss`: pooled connections are pinged before use (`pool_pre_ping`), a
 transaction that *starts* while the server is unreachable waits for it (capped, growing sleeps,
-at most `Store.reconnect_wait_s`, 60 s by default) instead of failing at once, and
+at most `Store.reconnect_wait_s`, 60 s by default: the pipeline's
+`database_reconnect_wait_s` setting) instead of failing at once, and
 `Store.transaction(work)` re-runs a whole transaction that the loss interrupted (the server
 rolled it back). A transaction cut off by the loss inside a `session_scope` block fails: the
 block cannot be replayed from here; its task's retry (or the next run) does it again, and
@@ -307,8 +308,8 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (get_store, (self.url,))
+    def __reduce__(self) -> tuple[Any, tuple[str, float]]:
+        return (get_store, (self.url, self.reconnect_wait_s))
 
     def __repr__(self) -> str:
         return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -318,11 +319,12 @@ _stores: dict[tuple[str, int], Store] = {}
 _stores_lock = threading.Lock()
 
 
-def get_store(url: str) -> Store:
-    """The process-wide Store for `url` (one engine and pool per process, built on first use)."""
+def get_store(url: str, reconnect_wait_s: float = RECONNECT_WAIT_S) -> Store:
+    """The process-wide Store for `url` (one engine and pool per process, built on first use;
+    `reconnect_wait_s` applies when this call builds it)."""
     key = (url, os.getpid())
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            store = _stores[key] = Store(url)
+            store = _stores[key] = Store(url, reconnect_wait_s=reconnect_wait_s)
         return store

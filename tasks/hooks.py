@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _store() -> Any:
-    return get_store(get_settings().database_url.get_secret_value())
+    settings = get_settings()
+    return get_store(settings.database_url.get_secret_value(), settings.database_reconnect_wait_s)
 
 
 def mark_run(flow_run_id: str, status: RunStatus) -> bool:

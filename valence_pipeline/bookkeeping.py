@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from results_store import repository as repo
-from results_store.db import Store, get_store
+from results_store.db import RECONNECT_WAIT_S, Store, get_store
 from results_store.models import (
     FINISHED_STATUSES,
     TERMINAL_STATUSES,
@@ -104,8 +104,9 @@ def _lease_free(model: Any, worker: str, now: dt.datetime) -> Any:
 
 
 class PipelineStore:
-    def __init__(self, url: str) -> None:
-        self.store: Store = get_store(url)  # refuses a database whose schema is behind
+    def __init__(self, url: str, reconnect_wait_s: float = RECONNECT_WAIT_S) -> None:
+        # refuses a database whose schema is behind
+        self.store: Store = get_store(url, reconnect_wait_s)
 
     # --- runs ----------------------------------------------------------------------------
     def start_run(

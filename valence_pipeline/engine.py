@@ -299,7 +299,7 @@ class Engine:
                     # Never-claimed work is the batches' until they have all ended, or until
                     # they have had a fair while to start (a worker that died before starting
                     # its batch leaves it scheduled for good).
-                    patience = max(10 * lease, 300.0)
+                    patience = self.settings.sweep_patience_s or max(10 * lease, 300.0)
                     abandoned_only = sweep_only and not others_done() and now - started < patience
                     for rid in self.store.unclaimed(idle, self.scope.worker, abandoned_only=abandoned_only):
                         if rid not in held_now:

@@ -59,7 +59,9 @@ class Runtime:
         from valence_pipeline.bookkeeping import PipelineStore
 
         use_system_arrow_allocator()
-        return PipelineStore(self.settings.database_url.get_secret_value())
+        return PipelineStore(
+            self.settings.database_url.get_secret_value(), self.settings.database_reconnect_wait_s
+        )
 
     @cached_property
     def s3(self) -> Any:

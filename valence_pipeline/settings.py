@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the results database (SQLite file by default). Secret: "
         "it can hold a password; read it with `.get_secret_value()`, print it with `safe_url`.",
     )
+    database_reconnect_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a transaction that starts while the database is unreachable (a "
+        "restart, a fail-over) waits for it before failing.",
+    )
     output_uri: str = Field(
         default=str(DEFAULT_HOME / "dataset"),
         description="Dataset root (one Delta Lake table per result table): a local folder or an s3://bucket/prefix.",
@@ -123,6 +129,13 @@ class Settings(BaseSettings):
         "(its answer was lost, or its worker died before storing it): it may be paid twice",
     )
     batch_size: int = Field(default=50, description="recordings per batch handed to the work pool")
+    sweep_patience_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long the night leaves never-claimed recordings to its batches while one "
+        "still runs (a batch whose worker died stays Running until an automation crashes it) "
+        "before taking them on itself; unset: ten leases, at least 300 s",
+    )
     batch_deployment: str | None = Field(
         default=None,
         description="`flow/deployment` that runs a night's batches on the work pool; unset: in this process",

@@ -47,6 +47,8 @@ def leaky_listing(client, bucket, prefix):
 s3.list_latest_versions = leaky_listing
 import tasks.discover
 tasks.discover.discover.retries = 0  # fail at once: the retries' waits prove nothing here
+import tasks.persist
+tasks.persist.compact_dataset.retry_delay_seconds = 0  # its three tries, without the 35 s between
 """
 
 
@@ -65,6 +67,9 @@ def test_worker_run_flow_process_redacts_its_logs(prefect_api: str, tmp_path: Pa
         "VALENCE_PIPELINE_DATABASE_URL": f"postgresql+psycopg://app:{keys['database password']}@127.0.0.1:1/x",
         "VALENCE_PIPELINE_OUTPUT_URI": str(tmp_path / "out"),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "botocore",  # operators forward library logs to the UI
+        # The database is unreachable (port 1): each store the run opens waits for it before
+        # failing, 60 s by default; a second still goes through the reconnect path.
+        "VALENCE_PIPELINE_DATABASE_RECONNECT_WAIT_S": "1",
     }
     run = run_as_worker(
         "flows/ingest.py:nightly_ingest",

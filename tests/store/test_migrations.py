@@ -146,3 +146,21 @@ def test_store_travels_to_tasks_as_its_url(migrated_url: str) -> None:
     with clone.session_scope() as s:
         assert s.execute(sa.text("select 1")).scalar_one() == 1
     store.dispose()
+
+
+def test_the_wait_for_an_unreachable_database_is_a_setting(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.hooks import _store
+    from valence_pipeline.settings import get_settings
+
+    monkeypatch.setenv("VALENCE_PIPELINE_DATABASE_URL", migrated_url)
+    monkeypatch.setenv("VALENCE_PIPELINE_DATABASE_RECONNECT_WAIT_S", "7")
+    get_settings.cache_clear()
+    try:
+        store = _store()
+        assert store.reconnect_wait_s == 7
+        assert store.__reduce__() == (db.get_store, (migrated_url, 7))  # travels with it to a task
+    finally:
+        get_settings.cache_clear()
+        db.get_store(migrated_url).dispose()
