@@ -66,7 +66,7 @@ from valence_client.errors import (
 )
 from valence_client.models import CompletedPart, InitiateResponse, PresignedPart
 from valence_client.redaction import redact_url
-from valence_client.transport import Transport
+from valence_client.transport import Timeout, Transport
 
 logger = get_logger(__name__)
 
@@ -299,6 +299,22 @@ def read_exactly(stream: Readable, count: int) -> bytes:
     return b"".join(chunks)
 
 
+COMPLETE_READ_RATE = 8 * 1000 * 1000
+"""Bytes per second the server is assumed to read back at least while it answers `complete`."""
+
+
+def complete_timeout(timeout: Timeout, size: int) -> Timeout:
+    """The transport's timeout, its read part raised to `size / COMPLETE_READ_RATE` seconds.
+
+    `complete` answers only once the server has assembled and checked the whole object (the
+    emulator reads it back and analyses it: 10-30 s for 1 GiB on a busy machine), so a fixed
+    30 s read timeout would give up on a healthy `complete` and send it again."""
+    floor = size / COMPLETE_READ_RATE
+    if isinstance(timeout, tuple):
+        return (timeout[0], max(timeout[1], floor))
+    return (timeout, max(timeout, floor))
+
+
 def etag_matches(etag: str, md5_hex: str) -> bool:
     """True unless the store returned an MD5-looking ETag that differs from the part's MD5.
 
@@ -384,7 +400,7 @@ class MultipartUploader:
             if on_initiated is not None:
                 on_initiated(initiated.request_id)
             parts = self._send_parts(src, initiated, part_size, threads, progress)
-            self._complete(initiated, parts)
+            self._complete(initiated, parts, src.size)
         finally:
             src.close()
         logger.info("upload %s completed", initiated.request_id)
@@ -412,7 +428,7 @@ class MultipartUploader:
             )
         return initiated
 
-    def _complete(self, initiated: InitiateResponse, parts: list[CompletedPart]) -> None:
+    def _complete(self, initiated: InitiateResponse, parts: list[CompletedPart], size: int) -> None:
         payload = {
             "request_id": initiated.request_id,
             "upload_id": initiated.upload_id,
@@ -420,7 +436,12 @@ class MultipartUploader:
         }
         # Completing with the same parts twice gives the same upload, so a retry is safe.
         self.transport.request(
-            "POST", COMPLETE_PATH, json=payload, idempotent=True, request_id=initiated.request_id
+            "POST",
+            COMPLETE_PATH,
+            json=payload,
+            idempotent=True,
+            request_id=initiated.request_id,
+            timeout=complete_timeout(self.transport.timeout, size),
         )
 
     # ------------------------------------------------------------------ parts

@@ -461,3 +461,27 @@ def test_a_memory_budget_plans_parts_within_it(file_size: int, budget_mib: int) 
     )
     assert 1 <= threads <= min(8, budget // (2 * MiB))
     assert threads <= adjuster.part_count(part_size, file_size) <= MAX_PARTS
+
+
+def test_complete_waits_longer_for_a_bigger_object(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valence_client.upload as upload
+
+    # The server reads the whole object back before it answers `complete`: at the assumed
+    # 1,000 B/s, 10 parts of 4096 bytes need 41 s, more than the client's 5 s read timeout.
+    monkeypatch.setattr(upload, "COMPLETE_READ_RATE", 1000)
+    session = uploader_client.transport.session
+    timeouts: dict[str, Any] = {}
+    real_request = session.request
+
+    def request(method: str, url: str, **kwargs: Any) -> Any:
+        timeouts[url.split("?")[0].rsplit("/", 1)[-1]] = kwargs.get("timeout")
+        return real_request(method, url, **kwargs)
+
+    monkeypatch.setattr(session, "request", request)
+    uploader_client.asynch.upload(write(tmp_path, payload(10 * PART)))
+
+    assert timeouts["complete"] == (5.0, 10 * PART / 1000)
+    assert timeouts["initiate"] == 5.0 and timeouts["1"] == 5.0  # every other call keeps its own
+    assert upload.complete_timeout((2.0, 60.0), 1000) == (2.0, 60.0)  # never shorter than configured
