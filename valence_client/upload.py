@@ -9,9 +9,9 @@ sorted by PartNumber.
 
 Two ways to read the parts:
 
-- **Ranged** sources (a local path, read with `os.pread`; anything with
-  `iter_range(offset, length)`, such as the pipeline's `S3Stream`, where each part is its own
-  resumable, pinned ranged GET): every part is read by its own worker and streamed straight
+- **Ranged** sources (a local path, read with `os.preadv` into one reused buffer per part in
+  flight; anything with `iter_range(offset, length)`, such as the pipeline's `S3Stream`, where
+  each part is its own resumable, pinned ranged GET): every part is read by its own worker and streamed straight
   into its PUT, chunk by chunk (the MD5 for the ETag check is computed on the way), so reads
   overlap with each other and with the PUTs, as in s3transfer, and no part is ever held whole.
   A PUT the transport retries reads its range again.
@@ -66,7 +66,7 @@ from valence_client.errors import (
 )
 from valence_client.models import CompletedPart, InitiateResponse, PresignedPart
 from valence_client.redaction import redact_url
-from valence_client.transport import Transport
+from valence_client.transport import Timeout, Transport
 
 logger = get_logger(__name__)
 
@@ -149,26 +149,35 @@ def plan_upload(
 
 
 class RangeReadable(Protocol):
-    """A source whose parts can be read independently (and concurrently), chunk by chunk."""
+    """A source whose parts can be read independently (and concurrently), chunk by chunk.
 
-    def iter_range(self, offset: int, length: int, /) -> Iterator[bytes]: ...
+    A chunk may be a view of a buffer that the next chunk overwrites: use it (hash it, send
+    it) before asking for the next."""
+
+    def iter_range(self, offset: int, length: int, /) -> Iterator[bytes | memoryview]: ...
 
 
 class _LocalRanges:
-    """Parts of an open local file by `os.pread`: no shared file position, so threads can
-    read their parts at the same time."""
+    """Parts of an open local file by `os.preadv`: no shared file position, so threads can
+    read their parts at the same time.
+
+    Each pass over a range reads into one buffer of `LOCAL_CHUNK` bytes, reused for every
+    chunk (no allocation or page faults per chunk), and yields views of it: a view is valid
+    only until the next chunk is asked for. The PUT's body is consumed that way (each chunk is
+    hashed, then written to the socket, before the next is read)."""
 
     def __init__(self, fileno: int) -> None:
         self._fd = fileno
 
-    def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
+    def iter_range(self, offset: int, length: int) -> Iterator[memoryview]:
         end = offset + length
+        buffer = memoryview(bytearray(min(LOCAL_CHUNK, length)))
         while offset < end:
-            chunk = os.pread(self._fd, min(LOCAL_CHUNK, end - offset), offset)
-            if not chunk:
+            count = os.preadv(self._fd, [buffer[: min(len(buffer), end - offset)]], offset)
+            if not count:
                 return
-            offset += len(chunk)
-            yield chunk
+            offset += count
+            yield buffer[:count]
 
 
 class _PartBody:
@@ -189,7 +198,7 @@ class _PartBody:
     def __len__(self) -> int:
         return self._length
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for chunk in self._ranges.iter_range(self._offset, self._length):
             self.md5.update(chunk)
             self.sent += len(chunk)
@@ -290,6 +299,22 @@ def read_exactly(stream: Readable, count: int) -> bytes:
     return b"".join(chunks)
 
 
+COMPLETE_READ_RATE = 8 * 1000 * 1000
+"""Bytes per second the server is assumed to read back at least while it answers `complete`."""
+
+
+def complete_timeout(timeout: Timeout, size: int) -> Timeout:
+    """The transport's timeout, its read part raised to `size / COMPLETE_READ_RATE` seconds.
+
+    `complete` answers only once the server has assembled and checked the whole object (the
+    emulator reads it back and analyses it: 10-30 s for 1 GiB on a busy machine), so a fixed
+    30 s read timeout would give up on a healthy `complete` and send it again."""
+    floor = size / COMPLETE_READ_RATE
+    if isinstance(timeout, tuple):
+        return (timeout[0], max(timeout[1], floor))
+    return (timeout, max(timeout, floor))
+
+
 def etag_matches(etag: str, md5_hex: str) -> bool:
     """True unless the store returned an MD5-looking ETag that differs from the part's MD5.
 
@@ -375,7 +400,7 @@ class MultipartUploader:
             if on_initiated is not None:
                 on_initiated(initiated.request_id)
             parts = self._send_parts(src, initiated, part_size, threads, progress)
-            self._complete(initiated, parts)
+            self._complete(initiated, parts, src.size)
         finally:
             src.close()
         logger.info("upload %s completed", initiated.request_id)
@@ -403,7 +428,7 @@ class MultipartUploader:
             )
         return initiated
 
-    def _complete(self, initiated: InitiateResponse, parts: list[CompletedPart]) -> None:
+    def _complete(self, initiated: InitiateResponse, parts: list[CompletedPart], size: int) -> None:
         payload = {
             "request_id": initiated.request_id,
             "upload_id": initiated.upload_id,
@@ -411,7 +436,12 @@ class MultipartUploader:
         }
         # Completing with the same parts twice gives the same upload, so a retry is safe.
         self.transport.request(
-            "POST", COMPLETE_PATH, json=payload, idempotent=True, request_id=initiated.request_id
+            "POST",
+            COMPLETE_PATH,
+            json=payload,
+            idempotent=True,
+            request_id=initiated.request_id,
+            timeout=complete_timeout(self.transport.timeout, size),
         )
 
     # ------------------------------------------------------------------ parts

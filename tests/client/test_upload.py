@@ -410,6 +410,29 @@ def test_local_paths_are_read_by_ranges(
     assert b"".join(store.received[n] for n in sorted(store.received)) == data
 
 
+def test_local_parts_reuse_one_read_buffer_and_every_byte_and_etag_is_right(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valence_client.upload as upload
+
+    monkeypatch.setattr(upload, "LOCAL_CHUNK", 1000)  # parts of 4096: chunks end mid-part, short last ones
+    data = payload(9 * PART + 77)
+    path = write(tmp_path, data)
+    with path.open("rb") as f:
+        chunks = upload._LocalRanges(f.fileno()).iter_range(PART + 5, 2 * PART)
+        seen = [(bytes(chunk), chunk.obj) for chunk in chunks]  # copied before the next read
+    assert b"".join(c for c, _ in seen) == data[PART + 5 : 3 * PART + 5]
+    assert len(seen) == 9 and len({id(buffer) for _, buffer in seen}) == 1  # one buffer, refilled
+
+    uploader_client.asynch.upload(path)
+
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    parts = store.completed()["parts"]
+    assert [p["ETag"] for p in parts] == [
+        f'"{etag_of(data[i : i + PART])}"' for i in range(0, len(data), PART)
+    ]
+
+
 @given(
     file_size=st.integers(min_value=1, max_value=2 * GiB),
     budget_mib=st.integers(min_value=10, max_value=1024),
@@ -438,3 +461,27 @@ def test_a_memory_budget_plans_parts_within_it(file_size: int, budget_mib: int) 
     )
     assert 1 <= threads <= min(8, budget // (2 * MiB))
     assert threads <= adjuster.part_count(part_size, file_size) <= MAX_PARTS
+
+
+def test_complete_waits_longer_for_a_bigger_object(
+    tmp_path: Path, store: FakeStore, uploader_client: ValenceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valence_client.upload as upload
+
+    # The server reads the whole object back before it answers `complete`: at the assumed
+    # 1,000 B/s, 10 parts of 4096 bytes need 41 s, more than the client's 5 s read timeout.
+    monkeypatch.setattr(upload, "COMPLETE_READ_RATE", 1000)
+    session = uploader_client.transport.session
+    timeouts: dict[str, Any] = {}
+    real_request = session.request
+
+    def request(method: str, url: str, **kwargs: Any) -> Any:
+        timeouts[url.split("?")[0].rsplit("/", 1)[-1]] = kwargs.get("timeout")
+        return real_request(method, url, **kwargs)
+
+    monkeypatch.setattr(session, "request", request)
+    uploader_client.asynch.upload(write(tmp_path, payload(10 * PART)))
+
+    assert timeouts["complete"] == (5.0, 10 * PART / 1000)
+    assert timeouts["initiate"] == 5.0 and timeouts["1"] == 5.0  # every other call keeps its own
+    assert upload.complete_timeout((2.0, 60.0), 1000) == (2.0, 60.0)  # never shorter than configured
