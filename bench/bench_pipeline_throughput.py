@@ -139,6 +139,92 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _native_mib() -> str:
+    """SQLite's own allocations and glibc's heap (in use / free inside it), for the trace."""
+    import ctypes
+    import ctypes.util
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Mallinfo2
+    info = libc.mallinfo2()
+    sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    return (
+        f"sqlite {sqlite.sqlite3_memory_used() / 2**20:.1f} MiB, malloc in use "
+        f"{(info.uordblks + info.hblkhd) / 2**20:.1f} free {info.fordblks / 2**20:.1f} MiB"
+    )
+
+
+def _sample_rss(to: str) -> Any:
+    """`BENCH_RSS_TRACE=FILE`: a line every second: RSS, SQLite's memory, glibc's heap."""
+    import threading
+
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def loop() -> None:
+        with open(to, "a") as out:
+            while not stop.wait(1.0):
+                out.write(f"+{time.monotonic() - t0:6.1f} s RSS {_rss_mib():.0f} MiB, {_native_mib()}\n")
+                out.flush()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return stop.set
+
+
+def _trace_memory(to: str | None) -> Any:
+    """`BENCH_TRACEMALLOC=FILE`: where the flow process's Python heap grows. Every
+    `BENCH_TRACEMALLOC_S` seconds (default 20) appends to FILE the RSS, the traced total and
+    the 15 call sites (5 frames) that grew most since the flow started. Returns the stop."""
+    if not to:
+        return None
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(5)
+    base = tracemalloc.take_snapshot()
+    every = float(os.environ.get("BENCH_TRACEMALLOC_S", "20"))
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def sample(label: str) -> None:
+        snap = tracemalloc.take_snapshot()
+        now, peak = tracemalloc.get_traced_memory()
+        with open(to, "a") as out:
+            out.write(
+                f"\n=== {label} +{time.monotonic() - t0:.0f} s: RSS {_rss_mib():.0f} MiB, "
+                f"traced {now / 2**20:.1f} MiB (peak {peak / 2**20:.1f})\n"
+            )
+            for stat in snap.compare_to(base, "traceback")[:15]:
+                out.write(f"{stat.size_diff / 2**20:+8.2f} MiB {stat.count_diff:+8d} blocks\n")
+                for line in stat.traceback.format()[-10:]:
+                    out.write(f"      {line}\n")
+
+    def loop() -> None:
+        while not stop.wait(every):
+            sample("during")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join()
+        sample("end")
+
+    return finish
+
+
 def child(source: str) -> None:
     from flows.ingest import nightly_ingest, run_to_result
     from results_store.db import upgrade
@@ -155,8 +241,13 @@ def child(source: str) -> None:
 
         profiler = Profiler(interval=0.005)
         profiler.start()
+    watcher = _trace_memory(os.environ.get("BENCH_TRACEMALLOC"))
+    if os.environ.get("BENCH_RSS_TRACE"):
+        watcher = _sample_rss(os.environ["BENCH_RSS_TRACE"])
     started, started_at = time.monotonic(), time.time()
     result = run_to_result(nightly_ingest, source=source, trigger="manual")
+    if watcher is not None:
+        watcher()
     seconds = time.monotonic() - started
     if profiler is not None:
         profiler.stop()

@@ -88,6 +88,10 @@ def load_json(text: str | bytes) -> Any:
     return json.loads(text, object_pairs_hook=_interned)
 
 
+SQLITE_CACHE_KIB = 256
+"""SQLite page cache per connection (KiB): small, since the OS caches the file anyway."""
+
+
 def create_engine_for(url: str, *, echo: bool = False) -> Engine:
     """An engine configured for the backend named by `url` (SQLite or PostgreSQL)."""
     sa_url = make_url(url)
@@ -112,6 +116,9 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        # Each pooled connection keeps its own page cache (2 MiB by default): filled as the
+        # database grows, it made a worker's memory grow with the size of the night.
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

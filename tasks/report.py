@@ -29,60 +29,86 @@ PICTURES_KEY = "valence-pipeline-pictures"
 _ORDER = {"failed": 0, "rejected": 1, "superseded": 2}
 
 
+TABLE_ROWS = 500
+"""The per-file table artifact shows at most this many files: failed first, then rejected, then
+the rest. The summary counts every file; every file's outcome is in the results database."""
+
+
 @dataclass
 class RunSummary:
+    """The run's outcome, folded file by file (`add`): counts, reasons, and the first
+    `table_rows` files of the per-file table. Its size does not grow with the night."""
+
     run_name: str
-    files: list[dict[str, Any]]
     api: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     emotions: Counter[str] = field(default_factory=Counter)
     dataset_files: list[str] = field(default_factory=list)
     arrived_without_event: int | None = None
     """Nightly: new files that no upload event announced (processed all the same)."""
+    table_rows: int = TABLE_ROWS
+    seen: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    failed_by_provider: Counter[str] = field(default_factory=Counter)
+    """Failed files per provider that failed them (a file may count for both)."""
+    failed_by_reason: Counter[str] = field(default_factory=Counter)
+    audio_seconds: float = 0.0
+    _rows: list[tuple[tuple[int, str, int], dict[str, str]]] = field(default_factory=list, repr=False)
+    """Candidates for the table, cut back to its first `table_rows` whenever twice as many."""
 
-    def _status(self, status: str) -> list[dict[str, Any]]:
-        return [f for f in self.files if f["status"] == status]
+    def add(self, f: dict[str, Any]) -> None:
+        """Count one file (a row of `iter_run_files`) and keep it if it is among the table's
+        first `table_rows`."""
+        status = f["status"]
+        self.seen += 1
+        self.statuses[status] += 1
+        if status == "rejected":
+            self.rejected[(f["reason"] or "unknown").split(":")[0]] += 1
+        else:
+            self.audio_seconds += f["duration_s"]
+        if status == "failed":
+            self.failed_by_provider.update(f["failed_providers"] or ["before any provider call"])
+            self.failed_by_reason.update(
+                {_reason_code(part) for part in (f["reason"] or "unknown").split("; ")}
+            )
+        if self.table_rows <= 0:
+            return
+        row = {
+            "status": status,
+            "reason": f["reason"],
+            "file": f["file"],
+            "jobs": ", ".join(f"{k}: {v}" for k, v in f["jobs"].items()),
+        }
+        self._rows.append(((_ORDER.get(status, 9), f["file"], self.seen), row))
+        if len(self._rows) >= 2 * self.table_rows:
+            self._cut()
+
+    def _cut(self) -> None:
+        self._rows.sort(key=lambda e: e[0])
+        del self._rows[self.table_rows :]
 
     @property
     def completed(self) -> int:
-        return len(self._status("completed")) + len(self._status("stored"))
+        return self.statuses["completed"] + self.statuses["stored"]
 
     @property
     def deferred(self) -> int:
         """Accepted but not sent: over the run's audio budget, left for a later run."""
-        return len(self._status("accepted"))
+        return self.statuses["accepted"]
 
     @property
     def failed(self) -> int:
-        return len(self._status("failed"))
-
-    @property
-    def rejected(self) -> Counter[str]:
-        return Counter((f["reason"] or "unknown").split(":")[0] for f in self._status("rejected"))
-
-    @property
-    def failed_by_provider(self) -> Counter[str]:
-        """Failed files per provider that failed them (a file may count for both)."""
-        out: Counter[str] = Counter()
-        for f in self._status("failed"):
-            out.update(f["failed_providers"] or ["before any provider call"])
-        return out
-
-    @property
-    def failed_by_reason(self) -> Counter[str]:
-        out: Counter[str] = Counter()
-        for f in self._status("failed"):
-            out.update({_reason_code(part) for part in (f["reason"] or "unknown").split("; ")})
-        return out
+        return self.statuses["failed"]
 
     @property
     def audio_hours(self) -> float:
-        return sum(f["duration_s"] for f in self.files if f["status"] not in ("rejected",)) / 3600.0
+        return self.audio_seconds / 3600.0
 
     def counts(self) -> dict[str, int]:
         return {
-            "seen": len(self.files),
-            "accepted": len(self.files) - sum(self.rejected.values()) - self.deferred,
+            "seen": self.seen,
+            "accepted": self.seen - sum(self.rejected.values()) - self.deferred,
             "rejected": sum(self.rejected.values()),
             "completed": self.completed,
             "failed": self.failed,
@@ -140,17 +166,21 @@ class RunSummary:
 
     def table(self) -> list[dict[str, str]]:
         """Failed files first, then rejected, then the rest; the reason right after the status
-        so it is readable without scrolling sideways."""
-        rows = sorted(self.files, key=lambda f: (_ORDER.get(f["status"], 9), f["file"]))
+        so it is readable without scrolling sideways. At most `table_rows` files."""
+        self._cut()
         return [
-            {
-                "status": f["status"],
-                "reason": redact(f["reason"]),
-                "file": redact(f["file"]),
-                "jobs": ", ".join(f"{k}: {v}" for k, v in f["jobs"].items()),
-            }
-            for f in rows
+            {**row, "reason": redact(row["reason"]), "file": redact(row["file"])} for _, row in self._rows
         ]
+
+    def table_description(self) -> str:
+        self._cut()
+        shown = len(self._rows)
+        if shown < self.seen:
+            return (
+                f"Per-file outcomes of {self.run_name}: the first {shown} of {self.seen} files "
+                "(failed first, then rejected); every file's outcome is in the results database"
+            )
+        return f"Per-file outcomes of {self.run_name}"
 
 
 def _reason_code(part: str) -> str:
@@ -162,14 +192,16 @@ def _reason_code(part: str) -> str:
 def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files: list[str]) -> RunSummary:
     rt = runtime()
     store = rt.store
-    return RunSummary(
+    summary = RunSummary(
         run_name=run_name,
-        files=store.run_files(run_id),
         api=api,
         notes=list(store.run_flags(run_id).get("notes", [])),
         emotions=store.emotion_counts(run_id, rt.settings.min_confidence),
         dataset_files=dataset_files,
     )
+    for f in store.iter_run_files(run_id):  # a chunk at a time: no night is held whole
+        summary.add(f)
+    return summary
 
 
 @task(name="pictures", task_run_name="pictures of {day}", cache_policy=NO_CACHE)
@@ -196,8 +228,6 @@ def publish_report(summary: RunSummary, pictures: str = "") -> str:
         # The card in the run's Artifacts tab shows the description's first ~45 characters.
         description=f"{summary.outcome()}, {summary.run_name}",
     )
-    if summary.files:
-        create_table_artifact(
-            summary.table(), key=FILES_KEY, description=f"Per-file outcomes of {summary.run_name}"
-        )
+    if summary.seen:
+        create_table_artifact(summary.table(), key=FILES_KEY, description=summary.table_description())
     return text

@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -42,6 +42,7 @@ from results_store.models import (
     RunStatus,
     RunTrigger,
     object_version,
+    s3_uri,
 )
 from results_store.records import JobIn, JobRef, RecordingIn, RunStart
 from valence_client.models import EmotionSegment, ProsodyResult
@@ -208,7 +209,7 @@ class PipelineStore:
         with self.store.session_scope() as s:
             refs = repo.upsert_recordings(s, recordings)
             todo = [r.id for r in refs if r.status not in FINISHED_STATUSES]
-            for chunk in _chunks(todo, 500):
+            for chunk in _in_chunks(todo, 500):
                 s.execute(sa.update(Recording).where(Recording.id.in_(chunk)).values(run_id=run_id))
             return todo
 
@@ -221,7 +222,7 @@ class PipelineStore:
             by_bucket.setdefault(obj.bucket, []).append(obj.key)
         with self.store.session_scope() as s:
             for bucket, keys in by_bucket.items():
-                for chunk in _chunks(sorted(set(keys)), 500):
+                for chunk in _in_chunks(sorted(set(keys)), 500):
                     rows = s.execute(
                         sa.select(Recording.key, Recording.object_version).where(
                             Recording.bucket == bucket,
@@ -254,7 +255,7 @@ class PipelineStore:
         until = utcnow() + dt.timedelta(seconds=lease_s)
         ids = list(recording_ids)
         with self.store.session_scope() as s:
-            for chunk in _chunks(ids, 500):
+            for chunk in _in_chunks(ids, 500):
                 s.execute(
                     sa.update(Recording)
                     .where(Recording.id.in_(chunk), Recording.claimed_by == worker)
@@ -280,7 +281,7 @@ class PipelineStore:
         free = expired if abandoned_only else sa.or_(Recording.claimed_by.is_(None), expired)
         out: list[int] = []
         with self.store.session_scope() as s:
-            for chunk in _chunks(list(recording_ids), 500):
+            for chunk in _in_chunks(list(recording_ids), 500):
                 out += s.scalars(
                     sa.select(Recording.id).where(
                         Recording.id.in_(chunk),
@@ -300,7 +301,7 @@ class PipelineStore:
         )
         out: list[int] = []
         with self.store.session_scope() as s:
-            for chunk in _chunks(list(recording_ids), 500):
+            for chunk in _in_chunks(list(recording_ids), 500):
                 out += s.scalars(
                     sa.select(Recording.id).where(
                         Recording.id.in_(chunk), Recording.status == RecordingStatus.SUBMITTED, ~waiting
@@ -311,7 +312,7 @@ class PipelineStore:
     def statuses(self, recording_ids: Sequence[int]) -> dict[int, str]:
         out: dict[int, str] = {}
         with self.store.session_scope() as s:
-            for chunk in _chunks(list(recording_ids), 500):
+            for chunk in _in_chunks(list(recording_ids), 500):
                 out.update(
                     (rid, status.value)
                     for rid, status in s.execute(
@@ -718,7 +719,7 @@ class PipelineStore:
                 )
             else:
                 ids = []
-                for chunk in _chunks(list(recording_ids), 500):
+                for chunk in _in_chunks(list(recording_ids), 500):
                     ids += s.scalars(
                         sa.select(Recording.id).where(
                             Recording.id.in_(chunk),
@@ -773,48 +774,59 @@ class PipelineStore:
         return sum(len(c.removed) for c in commits)
 
     # --- what a run did ------------------------------------------------------------------
-    def run_files(self, run_id: str) -> list[dict[str, Any]]:
-        """One row per recording the run (and its batches) took on: status, reason, jobs."""
-        with self.store.session_scope() as s:
-            recs = s.scalars(
-                sa.select(Recording).where(Recording.run_id == run_id).order_by(Recording.id)
-            ).all()
-            jobs: dict[int, list[ProviderJob]] = {}
-            for chunk in _chunks([r.id for r in recs], 500):
-                for job in s.scalars(
-                    sa.select(ProviderJob)
-                    .where(ProviderJob.recording_id.in_(chunk))
-                    .order_by(ProviderJob.submitted_at, ProviderJob.id)
-                ):
-                    jobs.setdefault(job.recording_id, []).append(job)
-            out = []
-            for rec in recs:
-                newest: dict[str, ProviderJob] = {}
-                for job in jobs.get(rec.id, []):
-                    newest[job.provider.value + (f"/ch{job.channel}" if job.channel is not None else "")] = (
-                        job
+    def iter_run_files(self, run_id: str, chunk: int = 500) -> Iterator[dict[str, Any]]:
+        """One row per recording the run (and its batches) took on: status, reason, jobs.
+
+        Read `chunk` recordings at a time as plain columns (no ORM objects, no session kept
+        between chunks), so the report of a night of any size holds one chunk at once."""
+        after = 0
+        while True:
+            with self.store.session_scope() as s:
+                recs = s.execute(
+                    sa.select(
+                        Recording.id, Recording.bucket, Recording.key, Recording.version_id,
+                        Recording.etag, Recording.status, Recording.reason, Recording.duration_s,
                     )
-                out.append(
-                    {
-                        "recording_id": rec.id,
-                        "file": rec.uri,
-                        "version": rec.version_id or rec.etag,
-                        "status": rec.status.value,
-                        "reason": rec.reason or "",
-                        "duration_s": rec.duration_s or 0.0,
-                        "jobs": {label: job.status.value for label, job in newest.items()},
-                        "failed_providers": sorted(
-                            {
-                                label.split("/")[0]
-                                for label, job in newest.items()
-                                if job.status != JobStatus.COMPLETED
-                            }
-                        )
-                        if rec.status == RecordingStatus.FAILED
-                        else [],
-                    }
-                )
-            return out
+                    .where(Recording.run_id == run_id, Recording.id > after)
+                    .order_by(Recording.id)
+                    .limit(chunk)
+                ).all()  # fmt: skip
+                if not recs:
+                    return
+                jobs: dict[int, dict[str, JobStatus]] = {}
+                for recording_id, provider, channel, status in s.execute(
+                    sa.select(
+                        ProviderJob.recording_id,
+                        ProviderJob.provider,
+                        ProviderJob.channel,
+                        ProviderJob.status,
+                    )
+                    .where(ProviderJob.recording_id.in_(_padded([r.id for r in recs], chunk)))
+                    .order_by(ProviderJob.submitted_at, ProviderJob.id)
+                ):  # the newest job per provider and channel wins
+                    label = provider.value + (f"/ch{channel}" if channel is not None else "")
+                    jobs.setdefault(recording_id, {})[label] = status
+            for rec in recs:
+                newest = jobs.get(rec.id, {})
+                yield {
+                    "recording_id": rec.id,
+                    "file": s3_uri(rec.bucket, rec.key),
+                    "version": rec.version_id or rec.etag,
+                    "status": rec.status.value,
+                    "reason": rec.reason or "",
+                    "duration_s": rec.duration_s or 0.0,
+                    "jobs": {label: status.value for label, status in newest.items()},
+                    "failed_providers": sorted(
+                        {
+                            label.split("/")[0]
+                            for label, status in newest.items()
+                            if status != JobStatus.COMPLETED
+                        }
+                    )
+                    if rec.status == RecordingStatus.FAILED
+                    else [],
+                }
+            after = recs[-1].id
 
     def emotion_counts(self, run_id: str, min_confidence: float) -> Counter[str]:
         from results_store.models import EmotionSegmentRow
@@ -833,3 +845,20 @@ class PipelineStore:
 def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _in_chunks(items: list[T], size: int) -> Iterable[list[T]]:
+    """`items` in chunks of at most `size` for `IN (...)` lists, each padded (its last item
+    repeated) to a power of two or to `size`: a handful of distinct statements instead of one
+    per list length. SQLite's driver keeps up to 128 prepared statements per pooled
+    connection, and one per length of a list of up to 500 ids made the cache, and a worker's
+    memory, grow with the size of the night."""
+    for chunk in _chunks(items, size):
+        yield _padded(chunk, size)
+
+
+def _padded(chunk: list[T], size: int) -> list[T]:
+    if not chunk:
+        return chunk
+    target = min(size, 1 << (len(chunk) - 1).bit_length())
+    return chunk + [chunk[-1]] * (target - len(chunk))

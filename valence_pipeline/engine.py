@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -178,6 +179,13 @@ class Engine:
         self.deferred: set[int] = set()
         """Accepted, but over the run's audio budget: left for a later run."""
         self.item_attempts: dict[tuple[int, str, int | None], int] = {}
+        self.backlog: deque[int] = deque()
+        """Recordings not yet taken on: fed to the checks a few at a time (`_feed`), so the
+        queued work, like the memory it holds, is bounded by the files in flight."""
+        self.in_backlog: set[int] = set()
+        self.taking = 0
+        """Take-ons queued or running."""
+        self.feed_limit = 4 * s.check_workers
         self._flag_cache: tuple[float, dict[str, Any]] = (0.0, {})
 
     # --- threads carry the caller's context ---------------------------------------------
@@ -198,7 +206,27 @@ class Engine:
 
     def _queue_take_on(self, rid: int) -> None:
         self._begin(rid)
-        self._spawn(self.checks, self._guarded, rid, self._take_on, rid)
+        with self._lock:
+            self.taking += 1
+        self._spawn(self.checks, self._run_take_on, rid)
+
+    def _run_take_on(self, rid: int) -> None:
+        try:
+            self._guarded(rid, self._take_on, rid)
+        finally:
+            with self._lock:
+                self.taking -= 1
+            self._feed()
+
+    def _feed(self) -> None:
+        """Queue the backlog's next recordings while fewer than `feed_limit` take-ons wait."""
+        while not self.aborted and not self.stop.is_set():
+            with self._lock:
+                if not self.backlog or self.taking >= self.feed_limit:
+                    return
+                rid = self.backlog.popleft()
+                self.in_backlog.discard(rid)
+            self._queue_take_on(rid)
 
     def _queue_send(self, item: WorkItem) -> None:
         self._begin(item.recording_id)
@@ -249,8 +277,10 @@ class Engine:
         harvester.start()
         try:
             if not sweep_only:
-                for rid in ids:
-                    self._queue_take_on(rid)
+                with self._lock:
+                    self.backlog.extend(ids)
+                    self.in_backlog.update(ids)
+                self._feed()
             self._watch(ids, sweep_only, others_done)
         finally:
             self.stop.set()
@@ -269,6 +299,7 @@ class Engine:
         last_renew = last_check = last_sweep = 0.0
         idle_since: dict[int, float] = {}
         while not self.aborted:
+            self._feed()
             now = self.clock()
             for kind, payload in self.later.due(now):
                 if kind == "take_on":
@@ -285,7 +316,7 @@ class Engine:
                 last_check = now
                 statuses = self.store.statuses(ids)
                 with self._lock:
-                    busy = set(self.active)
+                    busy = set(self.active) | self.in_backlog  # the backlog is fed in order
                     for rid, status in statuses.items():
                         if status in DONE:
                             self.held.discard(rid)

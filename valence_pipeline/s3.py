@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -140,7 +140,8 @@ def list_latest_versions(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectVe
                 version_id=version_id,
                 etag=etag,
                 size=int(item["Size"]),
-                last_modified=item["LastModified"],
+                # One shared tzinfo, not botocore's tzutc instance per object (held per file).
+                last_modified=item["LastModified"].astimezone(UTC),
             )
 
 
