@@ -76,7 +76,10 @@ def temporary_prefect_server(startup_timeout_s: float | None = None) -> Iterator
     server = subprocess.Popen(ending_with_this_process(cmd), env=env)
     api_url = f"http://127.0.0.1:{port}/api"
     try:
-        timeout_s = startup_timeout_s or float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        # Prefect's default (20 s) is too short for a busy 2-core machine: at least 90 s.
+        timeout_s = startup_timeout_s or max(
+            90.0, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             if server.poll() is not None:

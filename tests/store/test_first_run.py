@@ -26,6 +26,13 @@ def flow_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         return Completed(data=result) if return_state else result
 
     monkeypatch.setattr(flows.ingest, "nightly_ingest", nightly)
+    # Nor the temporary Prefect server the run would start for it (tests/reliability/
+    # test_killed_process_leaves_nothing.py starts a real one).
+    import contextlib
+
+    import flows.temporary_server
+
+    monkeypatch.setattr(flows.temporary_server, "temporary_prefect_server", contextlib.nullcontext)
     return calls
 
 
