@@ -298,10 +298,6 @@ class Engine:
         started = self.clock()
         last_renew = last_check = last_sweep = 0.0
         idle_since: dict[int, float] = {}
-        # Done is final within a run: once a recording is seen done it is not read again, so
-        # each check reads only what is still open (memory and queries follow the files in
-        # flight, not the size of the night).
-        open_ids = ids
         while not self.aborted:
             self._feed()
             now = self.clock()
@@ -318,15 +314,14 @@ class Engine:
                 last_renew = now
             if now - last_check >= self.settings.watch_interval_s:
                 last_check = now
-                statuses = self.store.statuses(open_ids)
+                statuses = self.store.statuses(ids)
                 with self._lock:
                     busy = set(self.active) | self.in_backlog  # the backlog is fed in order
                     for rid, status in statuses.items():
                         if status in DONE:
                             self.held.discard(rid)
                     held_now = set(self.held)
-                open_ids = [r for r in open_ids if statuses.get(r) not in DONE]
-                pending = [r for r in open_ids if r not in self.deferred]
+                pending = [r for r in ids if statuses.get(r) not in DONE and r not in self.deferred]
                 if not pending and not busy and not len(self.later):
                     return
                 waiting = self.later.pending()
