@@ -1,4 +1,4 @@
-"""The deployments of prefect.yaml on a real server (one per test module)."""
+"""The deployments of prefect.yaml on a real server (one for the session's deployment tests)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 POOL = "valence-pipeline"
 
 
-@pytest.fixture(scope="module")
-def deployed(real_prefect_server: PrefectServer) -> PrefectServer:
+@pytest.fixture(scope="session")
+def deployed(shared_prefect_server: PrefectServer) -> PrefectServer:
     """The work pool plus `prefect deploy --all` from the repository root, as the README says."""
-    real_prefect_server.cli("work-pool", "create", POOL, "--type", "process")
-    real_prefect_server.cli("--no-prompt", "deploy", "--all", cwd=REPO)
-    return real_prefect_server
+    shared_prefect_server.cli("work-pool", "create", POOL, "--type", "process")
+    shared_prefect_server.cli("--no-prompt", "deploy", "--all", cwd=REPO)
+    return shared_prefect_server

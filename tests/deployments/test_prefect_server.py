@@ -39,7 +39,9 @@ def deployment(server: PrefectServer, name: str) -> dict[str, Any]:
 
 
 def flow_runs(server: PrefectServer, deployment_id: str) -> list[dict[str, Any]]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 50}
+    # The API's largest page: the session's tests share one server, and counts before and
+    # after must see every run of the deployment.
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200}
     return list(read_json(server, "POST", "/flow_runs/filter", body))
 
 

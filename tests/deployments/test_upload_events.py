@@ -210,7 +210,7 @@ def test_the_webhook_sends_what_waits_when_it_is_stopped(
         read_json(deployed, "DELETE", f"/flow_runs/{run['id']}")
 
 
-BURST = int(os.environ.get("VALENCE_PIPELINE_TEST_BURST", "100"))
+BURST = int(os.environ.get("VALENCE_PIPELINE_TEST_BURST", "300"))
 """Uploads in the burst test. 300 passes too (6 runs of 50, about 4 minutes of processing on
 2 shared cores); 100 keeps the suite's run time near a minute and a half."""
 
@@ -226,7 +226,7 @@ def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
     code_repository: str,
     services: list[Service],
 ) -> None:
-    n, per_batch = BURST, 25
+    n, per_batch = BURST, 50  # the product's default batch
     emu = make_emulator(
         time_scale=3600.0,
         retention_s=LONG_RETENTION_S,  # results wait for a busy machine's runs to fetch them

@@ -165,6 +165,7 @@ run_to_result(nightly_ingest, source=sys.argv[1], trigger="manual")
 @pytest.mark.usefixtures("prefect_harness")
 def test_killed_run_resumes_without_uploading_again(
     monkeypatch: pytest.MonkeyPatch,
+    prefect_api: str,
     seaweedfs: SeaweedFS,
     s3_client: Any,
     bucket: str,
@@ -184,12 +185,12 @@ def test_killed_run_resumes_without_uploading_again(
     upload_samples(s3_client, bucket, samples)
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
-    env = child_flow_env(tmp_path / "child-prefect")
-    # Its own process group: the kill takes the temporary Prefect server it started along.
+    env = {**child_flow_env(tmp_path / "child-prefect"), "PREFECT_API_URL": prefect_api}
+    # Its own process group: the kill takes all it started.
     child = subprocess.Popen(
         [sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env, start_new_session=True
     )
-    deadline = time.monotonic() + 300  # its temporary server may take 180 s on a loaded machine
+    deadline = time.monotonic() + 300
     try:
         # Kill once every upload is complete (billed) but before results are in.
         while time.monotonic() < deadline and child.poll() is None:

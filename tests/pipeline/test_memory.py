@@ -47,16 +47,6 @@ def big_call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def prefect_api_url() -> Iterator[str]:
-    """A Prefect API server in its own process (the test harness's), for the child to use."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
-
-
 def run_flow_in_child(prefect_home: Path, api_url: str, uri: str) -> dict[str, Any]:
     """`process_recordings([uri])` in a fresh process; its peak RSS report."""
     env = {**child_flow_env(prefect_home), "PREFECT_API_URL": api_url}
@@ -71,7 +61,7 @@ def test_gigabyte_stereo_call_is_processed_under_300_mib(
     bucket: str,
     emu: Any,
     big_call: Path,
-    prefect_api_url: str,
+    prefect_api: str,
     tmp_path: Path,
 ) -> None:
     size = big_call.stat().st_size
@@ -80,7 +70,7 @@ def test_gigabyte_stereo_call_is_processed_under_300_mib(
     database_url = f"sqlite:///{tmp_path / 'results.db'}"
     configure(monkeypatch, seaweedfs, emu, database_url, tmp_path / "parquet")
 
-    report = run_flow_in_child(tmp_path / "child-prefect", prefect_api_url, f"s3://{bucket}/{KEY}")
+    report = run_flow_in_child(tmp_path / "child-prefect", prefect_api, f"s3://{bucket}/{KEY}")
     print(f"\npipeline memory, {size / MIB:.0f} MiB stereo call: {report}")
 
     assert statuses(database_url) == {KEY: ("completed", None)}

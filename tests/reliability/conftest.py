@@ -1,4 +1,5 @@
-"""One Prefect temporary server (the test harness) for the reliability suites that run flows."""
+"""One Prefect temporary server (the test harness) for the reliability suites: flows run in
+this process talk to it, child processes get its URL (`prefect_api`) instead of starting one."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fixtures.prefect_server import harness_api
+
 
 @pytest.fixture(scope="package")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api() -> Iterator[str]:
+    with harness_api() as url:
+        yield url
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+
+@pytest.fixture(scope="package")
+def prefect_harness(prefect_api: str) -> None:
+    """For tests that only run flows in this process."""

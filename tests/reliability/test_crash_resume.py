@@ -21,11 +21,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
@@ -55,16 +53,6 @@ if os.environ.get("CRASH_TEST_KILL_AT"):
 upgrade(get_settings().database_url.get_secret_value())
 run_to_result(nightly_ingest, source=sys.argv[1], trigger="manual")
 """
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """One Prefect API server for every child run (started once: the children start fast)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 def start_night(
