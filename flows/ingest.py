@@ -28,10 +28,14 @@ from tasks.process import process, sweep
 from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
 from tasks.runs import close_run, failed_versions, open_run
-from valence_pipeline.runtime import runtime
+from valence_pipeline.runtime import runtime, share_malloc_arenas
 from valence_pipeline.s3 import ObjectVersion
 
 log = logging.getLogger(__name__)
+
+# The flow process's first act, before Prefect or the engine start threads: few malloc heaps,
+# so a long night's churn is not kept in one per thread (valence_pipeline/runtime.py).
+share_malloc_arenas()
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Every flow marks its `pipeline_runs` row when it ends badly (tasks/hooks.py).

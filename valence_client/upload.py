@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
@@ -69,6 +69,7 @@ from valence_client.redaction import redact_url
 from valence_client.transport import Timeout, Transport
 
 logger = get_logger(__name__)
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -336,6 +337,24 @@ class UploadOutcome:
 ProgressCallback = Callable[[int], None]
 
 
+class _Inline:
+    """The part of `ThreadPoolExecutor` the part loop uses, running each task at submit."""
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - the caller sees it, as from a pool's future
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class MultipartUploader:
     """Runs one upload at a time per call; safe to share between threads."""
 
@@ -471,7 +490,10 @@ class MultipartUploader:
                 progress(count)
 
         offset = 0
-        with bar, ThreadPoolExecutor(threads, thread_name_prefix="valence-part") as pool:
+        # One part at a time is sent from this thread: a thread per upload for it (a night's
+        # short recordings are one part each, 2,000 threads started and ended) is churn.
+        pool = _Inline() if threads == 1 else ThreadPoolExecutor(threads, thread_name_prefix="valence-part")
+        with bar, pool:
             for part in sorted(initiated.presigned_urls, key=lambda p: p.part_number):
                 length = min(part_size, src.size - offset)
                 slots.acquire()  # before reading: this is what bounds memory

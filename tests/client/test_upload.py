@@ -24,6 +24,7 @@ from valence_client import (
     UploadError,
     ValenceClient,
 )
+from valence_client import upload as upload_module
 from valence_client.upload import MAX_PARTS, MIN_PART_SIZE, GiB, MiB
 
 PART = 4096
@@ -485,3 +486,26 @@ def test_complete_waits_longer_for_a_bigger_object(
     assert timeouts["complete"] == (5.0, 10 * PART / 1000)
     assert timeouts["initiate"] == 5.0 and timeouts["1"] == 5.0  # every other call keeps its own
     assert upload.complete_timeout((2.0, 60.0), 1000) == (2.0, 60.0)  # never shorter than configured
+
+
+def test_one_part_at_a_time_is_sent_from_the_calling_thread(
+    tmp_path: Path, store: FakeStore, stub: StubServer, sleeps: Sleeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread is started per upload when it sends one part at a time (a short recording)."""
+
+    def no_pool(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a thread pool for one part at a time")
+
+    monkeypatch.setattr(upload_module, "ThreadPoolExecutor", no_pool)
+    client = make_valence(
+        stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=1
+    )
+    data = payload(2 * PART + 7)
+    client.asynch.upload(str(write(tmp_path, data)))
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
+    assert [p["PartNumber"] for p in store.completed()["parts"]] == [1, 2, 3]
+
+    store.fail_parts[1] = [Reply(403, body=b"<Error><Code>AccessDenied</Code></Error>")] * 5
+    with pytest.raises(UploadError) as info:  # a part's failure is the upload's, as from a pool
+        client.asynch.upload(io.BytesIO(data[:PART]), file_name="one-part.wav")
+    assert info.value.status == 403
