@@ -199,20 +199,28 @@ def test_the_webhook_sends_what_waits_when_it_is_stopped(
     assert query(pg_url, "select count(*) from upload_notices where emitted_at is not null") == [(1,)]
     expected = [object_uri(bucket, "calls/late.wav", v1)]
     _wait(lambda: _announced(deployed, since, bucket) == expected, "event not on the server")
-    # No worker here: the run the event created is not for a later test's workers to take.
-    upload = deployment(deployed, "process-recordings/on-upload")
+    delete_runs_for(deployed, expected)
+
+
+def delete_runs_for(server: PrefectServer, uris: list[str]) -> None:
+    """Wait for the trigger's runs of `uris`, then delete them: with no worker in the test, they
+    would wait on the session's server for a later test's workers to take (whose database would
+    then hold recordings it never uploaded)."""
+    upload = deployment(server, "process-recordings/on-upload")
 
     def created() -> list[dict[str, Any]]:
-        return [r for r in flow_runs(deployed, upload["id"]) if r["parameters"]["uris"] == expected]
+        return [r for r in flow_runs(server, upload["id"]) if set(r["parameters"]["uris"]) & set(uris)]
 
-    _wait(lambda: bool(created()), "no run for the event")
+    _wait(
+        lambda: {u for r in created() for u in r["parameters"]["uris"]} >= set(uris), "no run for the events"
+    )
     for run in created():
-        read_json(deployed, "DELETE", f"/flow_runs/{run['id']}")
+        read_json(server, "DELETE", f"/flow_runs/{run['id']}")
 
 
 BURST = int(os.environ.get("VALENCE_PIPELINE_TEST_BURST", "300"))
-"""Uploads in the burst test. 300 passes too (6 runs of 50, about 4 minutes of processing on
-2 shared cores); 100 keeps the suite's run time near a minute and a half."""
+"""Uploads in the burst test: 300, as issue 11 asks (6 runs of 50, about 4 minutes of
+processing on 2 shared cores)."""
 
 
 def test_a_burst_of_uploads_is_a_bounded_number_of_runs(
@@ -345,3 +353,4 @@ def test_the_watcher_announces_each_version_once_across_a_restart(
     )
     _wait(lambda: sorted(_announced(deployed, since, bucket)) == expected, "events not on the server")
     assert sorted(_announced(deployed, since, bucket)) == expected  # each version exactly once
+    delete_runs_for(deployed, expected)
