@@ -191,10 +191,29 @@ def test_killed_run_resumes_without_uploading_again(
         [sys.executable, "-c", _RUN_IN_CHILD, f"s3://{bucket}/in/"], env=env, start_new_session=True
     )
     deadline = time.monotonic() + 300
+
+    def sending() -> int:
+        """Valsea submits (no idempotency key) sent and not yet answered: a kill then leaves
+        their outcome unknown, and the next run rightly fails them rather than pay twice."""
+        try:
+            rows = query(
+                database_url,
+                "select count(*) from provider_jobs where status = 'uploading' and external_id like 'sending:%'",
+            )
+        except Exception:  # noqa: BLE001 - the child may not have created the schema yet
+            return 1
+        return int(rows[0][0])
+
     try:
-        # Kill once every upload is complete (billed) but before results are in.
+        # Kill once every upload and submit is complete (billed, its id stored) but before
+        # results are in.
         while time.monotonic() < deadline and child.poll() is None:
-            if paid(emu)["valence_async"] >= len(samples):
+            billed = paid(emu)
+            if (
+                billed["valence_async"] >= len(samples)
+                and billed["valsea_job"] >= len(samples)
+                and not sending()
+            ):
                 break
             time.sleep(0.2)
     finally:
