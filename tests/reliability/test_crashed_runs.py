@@ -117,6 +117,9 @@ def test_a_hook_never_raises_when_the_database_is_gone(monkeypatch: pytest.Monke
     from valence_pipeline.settings import get_settings
 
     monkeypatch.setenv("VALENCE_PIPELINE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    # The hook waits this long for the database to come back before it gives up (a minute by
+    # default); what is tested is that giving up does not raise.
+    monkeypatch.setenv("VALENCE_PIPELINE_DATABASE_RECONNECT_WAIT_S", "2")
     get_settings.cache_clear()
     mark_run_crashed(None, SimpleNamespace(id=uuid.uuid4()), None)
     get_settings.cache_clear()
