@@ -9,7 +9,7 @@ writes one mono 16-bit PCM WAV (sent byte for byte: no conversion) to a local fi
 bucket, then uploads it four ways, each in a fresh child process that reports its own peak RSS
 (`ru_maxrss`; a shell forks each child so none inherits this process's accounting):
 
-- ours, from a local path: `ValenceClient(memory_budget_mb=64).asynch.upload(path)`;
+- ours, from a local path: `ValenceClient(memory_budget_mb=32).asynch.upload(path)`;
 - ours, streamed from the S3 object (the pipeline's path): `sources.open_payload` (parts read
   by parallel ranged GETs) into the same upload;
 - the public `valenceai` SDK, from the local path;
@@ -270,7 +270,35 @@ class CpuMeter:
         return self.at(end)[name] - self.at(start)[name]
 
 
+SETTLE_IDLE = 0.05
+"""CPU share under which SeaweedFS and the emulator count as at rest between rows."""
+SETTLE_MAX_S = 120.0
+
+
+def settle(pids: dict[str, int]) -> tuple[float, float]:
+    """Wait until SeaweedFS and the emulator are at rest (each under `SETTLE_IDLE` of a core
+    over half a second); (seconds waited, their CPU seconds meanwhile). The store keeps working
+    after an upload has been answered (it flushes and settles the new volumes' data): left
+    running, that work lands in the next row's window and slows whichever client comes next."""
+    started = time.monotonic()
+    first = {k: process_cpu_s(p) for k, p in pids.items()}
+    before = first
+    while time.monotonic() - started < SETTLE_MAX_S:
+        time.sleep(0.5)
+        now = {k: process_cpu_s(p) for k, p in pids.items()}
+        if all(now[k] - before[k] < SETTLE_IDLE * 0.5 for k in pids):
+            break
+        before = now
+    return time.monotonic() - started, sum(now[k] - first[k] for k in pids)
+
+
 def measure(mode: str, path: Path, env: dict[str, str], pids: dict[str, int]) -> dict[str, float]:
+    waited, busy = settle(pids)
+    if waited > 1.0:
+        print(
+            f"  ({mode}: waited {waited:.1f} s for the store to come to rest, {busy:.1f} CPU s)",
+            file=sys.stderr,
+        )
     with CpuMeter({**pids, "bench": os.getpid()}) as meter:
         done = subprocess.run(
             ["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, __file__, "--child", mode, str(path)],
@@ -305,6 +333,13 @@ def run_link(
     for _ in range(repeat):
         for mode in modes:  # interleaved, so a slow moment hits every row alike
             samples[mode].append(measure(mode, path, env, pids))
+            if os.environ.get("BENCH_VERBOSE"):  # every sample, to judge the spread behind a median
+                m = samples[mode][-1]
+                print(
+                    f"  {mode:10} {m['seconds']:6.1f} s e2e, parts {m['upload_s']:5.1f} s, "
+                    f"CPU s client {m['client']:5.2f} weed {m['weed_parts']:5.2f}",
+                    file=sys.stderr,
+                )
     return [
         Row(
             mode,

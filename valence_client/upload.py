@@ -27,11 +27,11 @@ semaphore is taken *before* reading), so
 whatever the file size. With a budget `B` (`memory_budget=`, the pipeline's
 `upload_memory_mb`), `plan_upload` picks, for one-way streams, `(threads + 1) * part_size <= B`
 (at least one 5 MiB part per thread: a budget under `2 * 5 MiB` still gets one thread and 5 MiB
-parts); for ranged sources, where the part size costs no memory, up to 8 threads
-(`B / RANGED_THREAD_MEMORY`) and parts of about a quarter of the file's share per thread
-(fewer requests, still enough parts to balance the threads), within 5 MiB..64 MiB. Never more
-threads than parts. 32 MiB and a 1 GiB file: ranged, 8 threads of 32 MiB parts; one-way,
-5 threads of 5.3 MiB parts.
+parts); for ranged sources, where the part size costs no memory, up to 4 threads
+(`B / RANGED_THREAD_MEMORY`, at most `MAX_RANGED_THREADS`) and parts of about a quarter of the
+file's share per thread (fewer requests, still enough parts to balance the threads), within
+5 MiB..64 MiB. Never more threads than parts. 32 MiB and a 1 GiB file: ranged, 4 threads of
+64 MiB parts; one-way, 5 threads of 5.3 MiB parts.
 
 Part PUTs go through the transport (so they get its retries and timeouts) but without the API
 key and outside the API's rate limiter: the URLs point at the object store. Presigned URLs are
@@ -116,6 +116,11 @@ class PartSizeAdjuster:
 
 MAX_BUDGET_THREADS = 8
 """Most parts in flight that a budget buys: past this, two cores gain nothing but contention."""
+MAX_RANGED_THREADS = 4
+"""Most streamed parts in flight. Each one is a read and a PUT running at once; measured on 2
+cores with the store beside the client (bench/bench_upload.py, 1 GiB streamed from S3), 8 made
+the store spend 12-14 CPU s per GiB against 10-10.5 with 4, and the upload slower; over a
+40 ms link 4 kept up with 8 (1.07x the SDK against 1.04x)."""
 RANGED_THREAD_MEMORY = 2 * MiB
 """What one streaming part costs, generously: its chunk in flight, the next one, socket buffers."""
 MAX_RANGED_PART = 64 * MiB
@@ -136,7 +141,7 @@ def plan_upload(
         size = adjuster.adjust(part_size, file_size)
         return size, max_threads
     if ranged:
-        threads = max(1, min(MAX_BUDGET_THREADS, memory_budget // RANGED_THREAD_MEMORY))
+        threads = max(1, min(MAX_RANGED_THREADS, memory_budget // RANGED_THREAD_MEMORY))
         size = min(MAX_RANGED_PART, max(adjuster.min_size, math.ceil(file_size / (threads * 4))))
         size = adjuster.adjust(size, file_size)
         return size, min(threads, adjuster.part_count(size, file_size))

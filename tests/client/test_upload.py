@@ -460,7 +460,7 @@ def test_a_memory_budget_plans_parts_within_it(file_size: int, budget_mib: int) 
         adjuster=adjuster,
         ranged=True,
     )
-    assert 1 <= threads <= min(8, budget // (2 * MiB))
+    assert 1 <= threads <= min(4, budget // (2 * MiB))
     assert threads <= adjuster.part_count(part_size, file_size) <= MAX_PARTS
 
 
