@@ -120,8 +120,10 @@ class CallLedger(Protocol):
     def try_admit(self, cost: int) -> float:
         """Count `cost` calls now and return 0.0, or count nothing and return how long to wait."""
 
-    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
-        """The server counted more calls than we did: fill the window up to its count."""
+    def observe(self, seen: Mapping[str, tuple[int, float | None]]) -> None:
+        """The server's count of what is left, per window (`{window: (remaining, reset_in_s)}`,
+        all of one response's windows at once): where it counted more calls than we did, fill
+        the window up to its count."""
 
     def pause(self, seconds: float) -> None:
         """Nobody calls for `seconds` (the server said 429 with Retry-After)."""
@@ -170,21 +172,24 @@ class MemoryLedger:
                     window.admitted.extend([now] * cost)
             return max(0.0, wait)
 
-    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
+    def observe(self, seen: Mapping[str, tuple[int, float | None]]) -> None:
         with self._lock:
-            target = self._windows.get(window)
-            if target is None:
-                return
             now = self._clock()
-            target.prune(now)
-            missing = (target.limit - max(0, remaining)) - len(target.admitted)
-            if missing <= 0:
-                return
-            # Sliding: placeholders that leave the window when the server's count resets.
-            stamp = now if reset_in_s is None or target.fixed else min(now, now + reset_in_s - target.seconds)
-            if stamp + target.seconds <= now:
-                return
-            target.admitted = deque(sorted([*target.admitted, *([stamp] * missing)]))
+            for window, (remaining, reset_in_s) in seen.items():
+                target = self._windows.get(window)
+                if target is None:
+                    continue
+                target.prune(now)
+                missing = (target.limit - max(0, remaining)) - len(target.admitted)
+                if missing <= 0:
+                    continue
+                # Sliding: placeholders that leave the window when the server's count resets.
+                stamp = (
+                    now if reset_in_s is None or target.fixed else min(now, now + reset_in_s - target.seconds)
+                )
+                if stamp + target.seconds <= now:
+                    continue
+                target.admitted = deque(sorted([*target.admitted, *([stamp] * missing)]))
 
     def pause(self, seconds: float) -> None:
         with self._lock:
@@ -258,7 +263,7 @@ class WindowRateLimiter:
         If the server counted more calls than we did (other clients share the key), placeholder
         entries are added that expire when the server's window resets.
         """
-        self.ledger.observe(window, remaining, reset_in_s)
+        self.ledger.observe({window: (remaining, reset_in_s)})
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for `seconds` (the server asked us to, via Retry-After)."""
@@ -270,14 +275,21 @@ class WindowRateLimiter:
         if pause:
             self.pause(pause)
             self.ledger.count_sliding()
+        seen: dict[str, tuple[int, float | None]] = {}
         for name in WINDOW_SECONDS:
             remaining = header(headers, f"X-RateLimit-Remaining-{name}")
             if remaining is not None:
                 reset = seconds_until(header(headers, f"X-RateLimit-Reset-{name}"), now_wall)
-                self._observe_text(name, remaining, reset)
-        self._observe_generic(headers, now_wall)
+                _note(seen, name, remaining, reset)
+        self._observe_generic(headers, now_wall, seen)
+        if seen:
+            # One ledger update for the response's windows: a shared ledger takes its lock once
+            # per response, not once per header (it is every worker's lock).
+            self.ledger.observe(seen)
 
-    def _observe_generic(self, headers: Mapping[str, str], now_wall: float) -> None:
+    def _observe_generic(
+        self, headers: Mapping[str, str], now_wall: float, seen: dict[str, tuple[int, float | None]]
+    ) -> None:
         """Plain `X-RateLimit-Limit/Remaining/Reset`: applied to the window with that limit (or,
         named by `X-RateLimit-Window`); an exhausted budget of unknown window pauses until reset."""
         remaining = header(headers, "X-RateLimit-Remaining")
@@ -292,16 +304,23 @@ class WindowRateLimiter:
             ]
             window = matches[0] if matches else None
         if window is not None:
-            self._observe_text(window, remaining, reset)
+            _note(seen, window, remaining, reset)
         elif remaining.strip() in {"0", "0.0"} and reset:
             self.pause(reset)
 
-    def _observe_text(self, window: str, remaining: str, reset: float | None) -> None:
-        try:
-            count = int(float(remaining))
-        except ValueError:
-            return
-        self.observe(window, count, reset)
+
+def _note(
+    seen: dict[str, tuple[int, float | None]], window: str, remaining: str, reset: float | None
+) -> None:
+    """Add a header's count to `seen`; of two counts for one window the smaller wins (the
+    server has seen at least that many calls)."""
+    try:
+        count = int(float(remaining))
+    except ValueError:
+        return
+    if window in seen and seen[window][0] <= count:
+        return
+    seen[window] = (count, reset)
 
 
 _registry_lock = threading.Lock()

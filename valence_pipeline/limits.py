@@ -208,27 +208,35 @@ class DatabaseLedger:
             )
         self.windows = "sliding"
 
-    def observe(self, window: str, remaining: int, reset_in_s: float | None = None) -> None:
-        if window not in WINDOW_SECONDS:
+    def observe(self, seen: Mapping[str, tuple[int, float | None]]) -> None:
+        seen = {w: v for w, v in seen.items() if w in WINDOW_SECONDS}
+        if not seen:
             return
-        seconds = WINDOW_SECONDS[window]
-        with self.store.session_scope() as s:
+        with self.store.session_scope() as s:  # one transaction (one lock) for all the windows
             self._locked_pause(s)
-            limit = self._read_limits(s).get(window)
-            if limit is None:
+            limits = self._read_limits(s)
+            # Shortest first: what is added for a window counts in every longer one too.
+            windows = sorted((w for w in seen if w in limits), key=lambda w: WINDOW_SECONDS[w])
+            if not windows:
                 return
             now = self._clock()
-            used = s.execute(
-                sa.select(sa.func.count()).where(
-                    ProviderCall.provider == self.provider, ProviderCall.at > self._counted_since(window, now)
+            since = {w: self._counted_since(w, now) for w in windows}
+            counts = s.execute(
+                sa.select(*(sa.func.count().filter(ProviderCall.at > since[w]) for w in windows)).where(
+                    ProviderCall.provider == self.provider, ProviderCall.at > min(since.values())
                 )
-            ).scalar_one()
-            missing = (limit - max(0, remaining)) - int(used)
+            ).one()
             fixed = self.windows == "fixed"
-            stamp = now if reset_in_s is None or fixed else min(now, now + reset_in_s - seconds)
-            if missing <= 0 or stamp + seconds <= now:
-                return
-            s.execute(sa.insert(ProviderCall), [{"provider": self.provider, "at": stamp}] * missing)
+            rows: list[dict[str, Any]] = []
+            for window, used in zip(windows, counts, strict=True):
+                remaining, reset_in_s = seen[window]
+                seconds = WINDOW_SECONDS[window]
+                missing = (limits[window] - max(0, remaining)) - int(used) - len(rows)
+                stamp = now if reset_in_s is None or fixed else min(now, now + reset_in_s - seconds)
+                if missing > 0 and stamp + seconds > now:
+                    rows += [{"provider": self.provider, "at": stamp}] * missing
+            if rows:
+                s.execute(sa.insert(ProviderCall), rows)
 
     def pause(self, seconds: float) -> None:
         until = self._clock() + seconds

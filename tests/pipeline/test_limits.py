@@ -128,7 +128,7 @@ def test_retry_after_pauses_every_worker(stores: tuple[Store, Store]) -> None:
 def test_the_servers_count_fills_the_window(stores: tuple[Store, Store]) -> None:
     clock = Clock()
     a, b = ledgers(stores, clock)
-    a.observe("minute", remaining=1)  # another client of the key used four
+    a.observe({"minute": (1, None)})  # another client of the key used four
     assert b.try_admit(1) == 0.0
     assert b.try_admit(1) > 0
 
@@ -165,3 +165,36 @@ def test_threads_of_two_workers_never_exceed_a_window(stores: tuple[Store, Store
     assert len(log) == 40
     busiest = max(sum(1 for t in log if start <= t < start + 1.0 + ARRIVAL_MARGIN_S) for start in log)
     assert busiest <= 10
+
+
+def test_one_response_is_one_ledger_transaction_and_its_windows_add_up(
+    stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response's `X-RateLimit-*` headers for every window are applied in one transaction
+    (the shared lock is every worker's), and what fills a short window counts in the longer
+    ones: the provider saw 3 calls this second and 4 this minute, we counted 1, so 3 more are
+    in the minute, not 2 + 3."""
+    clock = Clock()
+    a, b = ledgers(stores, clock)
+    limiter = WindowRateLimiter(LIMITS, ledger=a, clock=clock, wall_clock=clock)
+    assert a.try_admit(1) == 0.0
+    transactions = 0
+    real_scope = stores[0].session_scope
+
+    def counted_scope(*args: Any, **kwargs: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real_scope(*args, **kwargs)
+
+    monkeypatch.setattr(stores[0], "session_scope", counted_scope)
+    limiter.update_from_headers(
+        {
+            "X-RateLimit-Remaining-second": str(LIMITS["second"] - 3),
+            "X-RateLimit-Remaining-minute": str(LIMITS["minute"] - 4),
+            "X-RateLimit-Remaining-hour": str(LIMITS["hour"] - 4),
+            "X-RateLimit-Remaining-day": str(LIMITS["day"] - 4),
+        }
+    )
+    assert transactions == 1
+    assert b.try_admit(1) == 0.0  # the minute's fifth call
+    assert b.try_admit(1) > 0
