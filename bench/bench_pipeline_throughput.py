@@ -160,8 +160,25 @@ def _native_mib() -> str:
     sqlite.sqlite3_memory_used.restype = ctypes.c_int64
     return (
         f"sqlite {sqlite.sqlite3_memory_used() / 2**20:.1f} MiB, malloc in use "
-        f"{(info.uordblks + info.hblkhd) / 2**20:.1f} free {info.fordblks / 2**20:.1f} MiB"
+        f"{(info.uordblks + info.hblkhd) / 2**20:.1f} free {info.fordblks / 2**20:.1f} MiB, "
+        f"python blocks {sys.getallocatedblocks()}, {_mappings()}"
     )
+
+
+def _mappings() -> str:
+    """Resident MiB by kind of mapping: glibc's main heap, anonymous memory (Python's arenas,
+    thread heaps and stacks, large blocks), files (libraries)."""
+    rss = {"heap": 0, "anon": 0, "file": 0}
+    kind = "anon"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5].strip() if len(head) > 5 else ""
+                kind = "heap" if name == "[heap]" else "file" if name.startswith("/") else "anon"
+            elif head and head[0] == "Rss:":
+                rss[kind] += int(head[1])
+    return ", ".join(f"{k} {v / 1024:.1f}" for k, v in rss.items())
 
 
 def _sample_rss(to: str) -> Any:
