@@ -277,9 +277,9 @@ SETTLE_MAX_S = 120.0
 
 def settle(pids: dict[str, int]) -> tuple[float, float]:
     """Wait until SeaweedFS and the emulator are at rest (each under `SETTLE_IDLE` of a core
-    over half a second); (seconds waited, their CPU seconds meanwhile). The store keeps working
-    after an upload has been answered (it flushes and settles the new volumes' data): left
-    running, that work lands in the next row's window and slows whichever client comes next."""
+    over half a second); (seconds waited, their CPU seconds meanwhile). Work the store might
+    still do for the last row would land in the next row's window and slow whichever client
+    comes next; so far it was always at rest within a second (the wait is printed when longer)."""
     started = time.monotonic()
     first = {k: process_cpu_s(p) for k, p in pids.items()}
     before = first

@@ -167,16 +167,10 @@ class DatabaseLedger:
         fixed = self.windows == "fixed"
         span = {w: WINDOW_SECONDS[w] + ARRIVAL_MARGIN_S for w in limits}
         since = {w: self._counted_since(w, now) for w in limits}
-        windows = sorted(limits, key=lambda w: since[w], reverse=True)
         mine = ProviderCall.provider == self.provider
-        # One scan counts every window at once: the calls that still count in each.
-        counts = s.execute(
-            sa.select(*(sa.func.count().filter(ProviderCall.at > since[w]) for w in windows)).where(
-                mine, ProviderCall.at > since[windows[-1]]
-            )
-        ).one()
-        for window, used in zip(windows, counts, strict=True):
-            excess = int(used) + cost - limits[window]
+        used_in = self._used(s, since)
+        for window in limits:
+            excess = used_in[window] + cost - limits[window]
             if excess <= 0:
                 continue
             if fixed:  # room again when the provider's window starts over
@@ -193,6 +187,16 @@ class DatabaseLedger:
             ).scalar_one()
             wait = max(wait, float(oldest) + seconds - now)
         return wait
+
+    def _used(self, s: Session, since: Mapping[str, float]) -> dict[str, int]:
+        """Per window, the calls admitted after its `since`: one scan counts every window."""
+        windows = list(since)
+        counts = s.execute(
+            sa.select(*(sa.func.count().filter(ProviderCall.at > since[w]) for w in windows)).where(
+                ProviderCall.provider == self.provider, ProviderCall.at > min(since.values())
+            )
+        ).one()
+        return {w: int(n) for w, n in zip(windows, counts, strict=True)}
 
     def _counted_since(self, window: str, now: float) -> float:
         """Calls admitted after this moment still count in `window` at `now`."""
@@ -220,18 +224,13 @@ class DatabaseLedger:
             if not windows:
                 return
             now = self._clock()
-            since = {w: self._counted_since(w, now) for w in windows}
-            counts = s.execute(
-                sa.select(*(sa.func.count().filter(ProviderCall.at > since[w]) for w in windows)).where(
-                    ProviderCall.provider == self.provider, ProviderCall.at > min(since.values())
-                )
-            ).one()
+            used_in = self._used(s, {w: self._counted_since(w, now) for w in windows})
             fixed = self.windows == "fixed"
             rows: list[dict[str, Any]] = []
-            for window, used in zip(windows, counts, strict=True):
+            for window in windows:
                 remaining, reset_in_s = seen[window]
                 seconds = WINDOW_SECONDS[window]
-                missing = (limits[window] - max(0, remaining)) - int(used) - len(rows)
+                missing = (limits[window] - max(0, remaining)) - used_in[window] - len(rows)
                 stamp = now if reset_in_s is None or fixed else min(now, now + reset_in_s - seconds)
                 if missing > 0 and stamp + seconds > now:
                     rows += [{"provider": self.provider, "at": stamp}] * missing

@@ -79,6 +79,20 @@ def query(database_url: str, statement: Any) -> list[Any]:
     return rows
 
 
+def in_flight(database_url: str, this_night: bool = False) -> set[tuple[str, str]]:
+    """(key, provider) of calls without an idempotency key (a Valsea submit, a discrete call)
+    whose intent is stored and outcome not: a kill that lands now leaves them unknown, and the
+    next run rightly fails them rather than pay twice. `this_night`: sent by the latest run."""
+    import sqlalchemy as sa
+
+    statement = sa.text(
+        "select r.key, j.provider from provider_jobs j join recordings r on r.id = j.recording_id "
+        "where j.status = 'uploading' and j.external_id like 'sending:%' and (:every or "
+        "j.flow_run_id = (select flow_run_id from pipeline_runs order by started_at desc limit 1))"
+    ).bindparams(every=not this_night)
+    return set(query(database_url, statement))
+
+
 def count(database_url: str, table: str, where: str = "") -> int:
     import sqlalchemy as sa
 

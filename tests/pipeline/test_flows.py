@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
-from tests.pipeline.helpers import child_flow_env, configure, count, paid, query, statuses
+from tests.pipeline.helpers import child_flow_env, configure, count, in_flight, paid, query, statuses
 
 SAMPLES: tuple[SampleRecording, ...] = (
     SampleRecording("in/clip-6s.wav", 6),
@@ -193,16 +193,10 @@ def test_killed_run_resumes_without_uploading_again(
     deadline = time.monotonic() + 300
 
     def sending() -> int:
-        """Valsea submits (no idempotency key) sent and not yet answered: a kill then leaves
-        their outcome unknown, and the next run rightly fails them rather than pay twice."""
         try:
-            rows = query(
-                database_url,
-                "select count(*) from provider_jobs where status = 'uploading' and external_id like 'sending:%'",
-            )
+            return len(in_flight(database_url))
         except Exception:  # noqa: BLE001 - the child may not have created the schema yet
             return 1
-        return int(rows[0][0])
 
     try:
         # Kill once every upload and submit is complete (billed, its id stored) but before

@@ -28,7 +28,7 @@ from typing import Any
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.fixtures.emulator import LONG_RETENTION_S
-from tests.pipeline.helpers import pipeline_env, query
+from tests.pipeline.helpers import in_flight, pipeline_env, query
 
 REPO = Path(__file__).resolve().parents[2]
 RANDOM_KILLS = 5
@@ -203,19 +203,12 @@ class Signs:
         return int(n)
 
     def in_flight(self, this_night: bool = False) -> set[tuple[str, str]]:
-        """Calls without an idempotency key whose intent is stored and outcome not (a kill
-        that lands now leaves them unknown); `this_night`: sent by the night now running."""
-        import sqlalchemy as sa
+        import sqlalchemy.exc
 
-        return set(
-            self.rows(
-                sa.text(
-                    "select r.key, j.provider from provider_jobs j join recordings r on r.id = j.recording_id "
-                    "where j.status = 'uploading' and j.external_id like 'sending:%' and (:every or "
-                    "j.flow_run_id = (select flow_run_id from pipeline_runs order by started_at desc limit 1))"
-                ).bindparams(every=not this_night)
-            )
-        )
+        try:
+            return in_flight(self.db, this_night)
+        except sqlalchemy.exc.OperationalError:  # the night has not created the schema yet
+            return set()
 
     def phase(self, pgid: int, log: Path, runs_before: int) -> str:
         """Where a night is, judged from outside (for the random kills)."""
