@@ -21,7 +21,7 @@ from prefect.states import Failed, State
 
 from flows.names import day_name, try_naming_scheduled_runs, upload_name
 from tasks.dataset_child import DATASET_CHILD
-from tasks.discover import discover, register, resolve, unannounced
+from tasks.discover import Registered, discover, register, resolve
 from tasks.hooks import mark_run_crashed, mark_run_failed
 from tasks.persist import compact_dataset, export_dataset
 from tasks.process import process, sweep
@@ -29,7 +29,6 @@ from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
 from tasks.runs import close_run, failed_versions, open_run
 from valence_pipeline.runtime import runtime, share_malloc_arenas
-from valence_pipeline.s3 import ObjectVersion
 
 log = logging.getLogger(__name__)
 
@@ -67,37 +66,40 @@ def _today_name(prefix: str) -> str:
     return day_name(prefix, flow_run.get_scheduled_start_time())
 
 
+def _run_id() -> str:
+    """The run's id in the database: its flow run's."""
+    return str(flow_run.get_id())
+
+
 def process_objects(
-    objects: list[ObjectVersion],
+    taken: Registered,
     run_name: str,
     trigger: str,
     max_audio_hours: float | None,
     *,
     resend_unknown: bool = False,
-    arrived_without_event: int | None = None,
     pictures: bool = False,
 ) -> dict[str, Any] | State:
-    """Register `objects`, process them to a final state, export, report (with the day's
+    """Process the registered recordings to a final state, export, report (with the day's
     pictures when `pictures`)."""
     send_pipeline_logs_to_prefect()
     DATASET_CHILD.start()  # its imports happen while the providers work (tasks/dataset_child.py)
-    run_id = str(flow_run.get_id() or run_name)
+    run_id = _run_id()
     budget = None if max_audio_hours is None else max_audio_hours * 3600.0
     open_run(run_id, run_name, trigger, deployment.get_name(), audio_budget_s=budget)
     try:
-        ids = register(objects, len(objects), run_id)
-        _work(ids, run_id, resend_unknown, run_name)
+        _work(taken.ids, run_id, resend_unknown, run_name)
         files = export_dataset(run_id, None)  # every stored recording: a crash's leftovers too
         drawn = draw_pictures(datetime.now(UTC).date()) if pictures else ""  # the processing day (UTC)
     except BaseException:
-        close_run(run_id, {"seen": len(objects)}, failed=True)
+        close_run(run_id, {"seen": len(taken.ids)}, failed=True)
         raise
     finally:
         DATASET_CHILD.close()
     rt = runtime()
     api = _add(rt.api_stats(), rt.store.child_counts(run_id))
     summary = build_summary(run_id, run_name, api, files)
-    summary.arrived_without_event = arrived_without_event
+    summary.arrived_without_event = taken.without_event
     text = publish_report(summary, drawn)
     close_run(run_id, summary.counts(), failed=summary.failed > 0)
     result = {"run_id": run_id, "summary": text, **summary.counts()}
@@ -177,14 +179,14 @@ def nightly_ingest(
     # needs nothing of tonight's, so it runs beside the processing, in the dataset child.
     compaction = compact_dataset.submit(str(flow_run.get_id() or "nightly"))
     try:
-        objects = discover(_sources(source), since=since, max_files=max_files)
-        without_event = unannounced(objects)
+        taken = discover(
+            _sources(source), _run_id(), since=since, max_files=max_files, count_unannounced=True
+        )
         result = process_objects(
-            objects,
+            taken,
             _today_name("nightly"),
             trigger,
             max_audio_hours,
-            arrived_without_event=without_event,
             pictures=True,  # once a night: the day's calls, upload-event runs' included
         )
         compacted = compaction.result()
@@ -203,7 +205,8 @@ def nightly_ingest(
 @flow(name="process-recordings", flow_run_name=_upload_name, **HOOKS)
 def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any] | State:
     """The given objects (an upload event names one; `s3://b/k?versionId=V` pins a version)."""
-    return process_objects(resolve(uris), _upload_name(), trigger, None)
+    objects = resolve(uris)
+    return process_objects(register(objects, len(objects), _run_id()), _upload_name(), trigger, None)
 
 
 @flow(name="process-batch", **HOOKS)  # named by the night when it schedules the run (see `_work`)
@@ -239,9 +242,9 @@ def process_batch(
 def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     """Recordings that ended failed get another go; jobs that completed are not paid again, and
     a submit whose answer was lost is sent again (that is what an operator's retry is for)."""
-    return process_objects(
-        failed_versions(max_files), _today_name("retry-failed"), "manual", None, resend_unknown=True
-    )
+    objects = failed_versions(max_files)
+    taken = register(objects, len(objects), _run_id())
+    return process_objects(taken, _today_name("retry-failed"), "manual", None, resend_unknown=True)
 
 
 @flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), **HOOKS)
@@ -251,9 +254,8 @@ def backfill(
     """Objects last modified in [start, end) that are not finished (an older backlog)."""
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end, time.min, tzinfo=UTC)
-    objects = [o for o in discover(_sources(source), since=since) if o.last_modified < until]
-    objects = objects[:max_files] if max_files is not None else objects
-    return process_objects(objects, f"backfill-{start}-{end}", "backfill", None)
+    taken = discover(_sources(source), _run_id(), since=since, until=until, max_files=max_files)
+    return process_objects(taken, f"backfill-{start}-{end}", "backfill", None)
 
 
 def run_to_result(flow_fn: Any, **parameters: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from prefect import task
@@ -24,6 +25,16 @@ def is_audio(key: str, suffixes: list[str]) -> bool:
     return key.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
+@dataclass(frozen=True)
+class Registered:
+    """What a run took on: its recordings' ids, oldest first (the listing itself is not kept:
+    the database has it, and a night of thousands must not hold it for the whole run)."""
+
+    ids: list[int]
+    without_event: int | None = None
+    """How many of them no upload event announced (the nightly sweep counts them)."""
+
+
 @task(
     name="discover",
     task_run_name="discover {sources}",
@@ -32,12 +43,20 @@ def is_audio(key: str, suffixes: list[str]) -> bool:
     cache_policy=NO_CACHE,
 )
 def discover(
-    sources: list[str], since: datetime | None = None, max_files: int | None = None
-) -> list[ObjectVersion]:
-    """List every prefix, keep audio modified since `since` that the store has not finished.
+    sources: list[str],
+    run_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    max_files: int | None = None,
+    count_unannounced: bool = False,
+) -> Registered:
+    """List every prefix, keep audio modified in [since, until) that the store has not
+    finished, register it for `run_id` and return the ids.
 
     Listing is cheap (1,000 versions a call); the store check is one query per 500 keys.
-    Oldest first, so a `max_files` budget works through a backlog in arrival order.
+    Oldest first, so a `max_files` budget works through a backlog in arrival order. Listing
+    and registering are one step (registering again is an upsert, so a retry is harmless),
+    and the listed versions are dropped when it returns.
     """
     rt = runtime()
     found: list[ObjectVersion] = []
@@ -46,13 +65,19 @@ def discover(
         for obj in list_latest_versions(rt.s3, bucket, prefix):
             if not is_audio(obj.key, rt.settings.audio_suffixes):
                 continue
-            if since is not None and obj.last_modified < since:
+            if (since is not None and obj.last_modified < since) or (
+                until is not None and obj.last_modified >= until
+            ):
                 continue
             found.append(obj)
     found.sort(key=lambda o: (o.last_modified, o.uri))
     pending = rt.store.unfinished(found)
     log.info("discovered %d audio objects, %d not finished yet", len(found), len(pending))
-    return pending[:max_files] if max_files is not None else pending
+    del found
+    if max_files is not None:
+        pending = pending[:max_files]
+    without_event = _unannounced(pending) if count_unannounced else None
+    return Registered(rt.store.register(pending, run_id), without_event)
 
 
 def _resolve_name() -> str:
@@ -70,10 +95,10 @@ def _resolve_name() -> str:
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
-def register(objects: list[ObjectVersion], n: int, run_id: str) -> list[int]:
-    """Put the listed versions in the database (one bulk upsert) and take the unfinished ones
-    on for this run: from here on the database, not this process, knows where each one is."""
-    return runtime().store.register(objects, run_id)
+def register(objects: list[ObjectVersion], n: int, run_id: str) -> Registered:
+    """Put these versions in the database (one bulk upsert) and take the unfinished ones on
+    for this run: from here on the database, not this process, knows where each one is."""
+    return Registered(runtime().store.register(objects, run_id))
 
 
 @task(
@@ -94,8 +119,7 @@ def resolve(uris: list[str]) -> list[ObjectVersion]:
     return out
 
 
-@task(name="unannounced", task_run_name="files that came without an event", cache_policy=NO_CACHE)
-def unannounced(objects: list[ObjectVersion]) -> int:
+def _unannounced(objects: list[ObjectVersion]) -> int:
     """How many of the night's new files no upload event announced (the nightly run is the
     reconciliation sweep: it processes them all the same, and says how many)."""
     from notifications.ledger import count_unannounced
