@@ -385,6 +385,7 @@ class ValenceClient(ProviderClient):
         max_upload_mb: float = 1024.0,
         part_size_adjuster: PartSizeAdjuster | None = None,
         memory_budget_mb: float | None = None,
+        check_part_etags: bool | None = None,
     ) -> None:
         self._api_key = resolve_key(api_key, "VALENCE_API_KEY", PROVIDER)
         self.base_url = (base_url or os.environ.get("VALENCE_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -413,6 +414,7 @@ class ValenceClient(ProviderClient):
             adjuster=part_size_adjuster,
             max_upload_bytes=int(max_upload_mb * MiB),
             memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * MiB),
+            check_etags=check_part_etags,
         )
         self.discrete = DiscreteAPI(self.transport)
         self.asynch = AsyncAPI(

@@ -36,6 +36,7 @@ def valence_client(settings: Settings | None = None, **overrides: Any) -> Valenc
         "rate_limits": settings.valence_rate_limits,
         "max_upload_mb": settings.max_file_bytes / MiB,
         "memory_budget_mb": settings.upload_memory_mb,
+        "check_part_etags": settings.upload_check_etags,
     }
     options.update(overrides)
     return ValenceClient(**options)

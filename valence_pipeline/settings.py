@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="Audio bytes one upload may hold; its part size and parts in flight follow "
         "from this and the file size (valence_client.upload.plan_upload).",
     )
+    upload_check_etags: bool | None = Field(
+        default=None,
+        description="Compare each uploaded part's ETag with the MD5 of what was sent. Unset: only "
+        "over plain HTTP to another machine (HTTPS authenticates every byte; loopback has no wire); "
+        "true or false: always or never (valence_client.upload.checks_etags).",
+    )
 
     # client-side rate limits (documented example limits; refreshed from /v1/rate-limit/status)
     valence_rate_limits: dict[str, int] = Field(

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -93,7 +94,15 @@ def store(stub: StubServer) -> FakeStore:
 
 @pytest.fixture
 def uploader_client(stub: StubServer, sleeps: Sleeps) -> ValenceClient:
-    return make_valence(stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, max_threads=3)
+    # The stub is on loopback, where ETags are not checked by default: these tests check them.
+    return make_valence(
+        stub.base_url,
+        sleeps,
+        part_size=PART,
+        part_size_adjuster=SMALL_PARTS,
+        max_threads=3,
+        check_part_etags=True,
+    )
 
 
 def payload(size: int) -> bytes:
@@ -214,6 +223,49 @@ def test_opaque_etags_are_not_checked(
     stub.route("PUT", r"/_parts/\d+", Reply(headers={"ETag": '"opaque-etag-3"'}))
     uploader_client.asynch.upload(str(write(tmp_path, payload(2 * PART))))
     assert {p["ETag"] for p in store.completed()["parts"]} == {'"opaque-etag-3"'}
+
+
+@pytest.mark.parametrize(
+    ("url", "checked"),
+    [
+        ("https://bucket.s3.amazonaws.com/k?partNumber=1", False),  # TLS authenticates every byte
+        ("HTTPS://store.example/k", False),
+        ("http://127.0.0.1:8333/k", False),  # loopback: no wire
+        ("http://127.8.9.10/k", False),
+        ("http://localhost:9000/k", False),
+        ("http://[::1]:9000/k", False),
+        ("http://10.0.0.7:9000/k", True),  # plain HTTP across a network
+        ("http://minio.lan:9000/k", True),
+    ],
+)
+def test_etags_are_checked_only_over_plain_http_to_another_machine(url: str, checked: bool) -> None:
+    from valence_client.upload import checks_etags
+
+    assert checks_etags(url) is checked
+
+
+@pytest.mark.parametrize("setting", [None, False])
+def test_unchecked_etags_cost_no_hashing_and_no_second_put(
+    stub: StubServer, sleeps: Sleeps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: bool | None
+) -> None:
+    """Default over loopback (the stub), or turned off: a wrong ETag is taken as the store's
+    word, and no byte is hashed for it (the check's whole cost)."""
+    import valence_client.upload as upload
+
+    def no_md5(*args: object, **kwargs: object) -> None:
+        raise AssertionError("hashed a part whose ETag is not checked")
+
+    monkeypatch.setattr(upload, "hashlib", SimpleNamespace(md5=no_md5))  # this module's only
+    store = FakeStore(stub)
+    store.bad_etags[1] = 1
+    data = payload(3 * PART + 5)
+    with make_valence(
+        stub.base_url, sleeps, part_size=PART, part_size_adjuster=SMALL_PARTS, check_part_etags=setting
+    ) as c:
+        c.asynch.upload(write(tmp_path, data))  # ranged: streamed parts
+        c.asynch.upload(io.BytesIO(data), size=len(data))  # one-way: whole parts
+    assert len(store.stub.calls("PUT", r"/_parts/1")) == 2  # once per upload
+    assert b"".join(store.received[n] for n in sorted(store.received)) == data
 
 
 def test_a_failing_part_is_retried_by_the_transport(
