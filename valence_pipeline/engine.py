@@ -44,7 +44,7 @@ from valence_client.errors import (
 )
 from valence_client.models import EmotionSegment
 from valence_pipeline.preflight import run_preflight
-from valence_pipeline.runtime import Runtime
+from valence_pipeline.runtime import Runtime, release_free_heap
 from valence_pipeline.s3 import ObjectChangedError, SourceReadError
 from valence_pipeline.settings import Settings
 from valence_pipeline.sources import open_payload
@@ -60,6 +60,8 @@ DONE = {status.value for status in TERMINAL_STATUSES}
 VALSEA_NO_CREDITS = "valsea_out_of_credits"
 SENDING = "sending:"
 """External id of a call without an idempotency key on its way (`Engine._send_unkeyed`)."""
+TRIM_EVERY_S = 10.0
+"""How often the driver hands free heap pages back to the system (`release_free_heap`)."""
 UNKEYED = ("discrete", "prosody")
 """Modes whose billed call has no idempotency key: a lost answer leaves the outcome unknown."""
 
@@ -297,6 +299,7 @@ class Engine:
         lease = self.settings.lease_s
         started = self.clock()
         last_renew = last_check = last_sweep = 0.0
+        last_trim = started
         idle_since: dict[int, float] = {}
         while not self.aborted:
             self._feed()
@@ -351,6 +354,9 @@ class Engine:
                     last_sweep = now
                     for rid in self.store.finishable([r for r in idle if statuses.get(r) == "submitted"]):
                         self._queue_take_on(rid)
+            if now - last_trim >= TRIM_EVERY_S:
+                last_trim = now
+                release_free_heap()
             time.sleep(0.05)
 
     # --- checks: take a recording on -------------------------------------------------------

@@ -128,6 +128,18 @@ def share_malloc_arenas() -> bool:
     return _mallopt(M_ARENA_MAX, ARENA_MAX)
 
 
+def release_free_heap() -> bool:
+    """Hand the free pages inside glibc's heaps back to the system (`malloc_trim(0)`); True if
+    anything was released. A long night frees and reallocates all the time; the freed space
+    between live blocks stays resident until trimmed, so a worker's memory grew with the length
+    of the night. The engine calls this now and then (it costs a walk of the free lists)."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))
+
+
 def _mallopt(param: int, value: int) -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -48,3 +48,33 @@ def test_without_glibc_nothing_is_tuned(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(runtime_module.ctypes, "CDLL", no_libc)
     assert share_malloc_arenas() is False
     keep_large_buffers_out_of_the_heap()  # no error either
+
+
+def _rss_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not glibc(), reason="glibc only")
+def test_free_pages_inside_the_heap_go_back_to_the_system() -> None:
+    from valence_pipeline.runtime import release_free_heap
+
+    blocks = [bytearray(4000) for _ in range(10_000)]  # ~40 MB of the heap (under the mmap threshold)
+    above = bytearray(4000)  # allocated after them: the heap's top cannot just shrink
+    del blocks  # freed, but still resident: glibc keeps the space between live blocks
+    freed = _rss_bytes()
+    assert release_free_heap() is True
+    assert _rss_bytes() < freed - 20 * 2**20
+    assert len(above) == 4000
+
+
+def test_without_glibc_no_heap_is_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from valence_pipeline.runtime import release_free_heap
+
+    def no_libc(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(runtime_module.ctypes, "CDLL", no_libc)
+    assert release_free_heap() is False
