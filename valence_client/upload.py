@@ -580,7 +580,7 @@ class MultipartUploader:
             md5 = bodies[-1].md5
             return md5.hexdigest() if md5 is not None else ""
 
-        return self._put_part(part, body, request_id, md5_hex)
+        return self._put_part(part, body, request_id, md5_hex, check=hashed)
 
     def _checks(self, url: str) -> bool:
         return self.check_etags if self.check_etags is not None else checks_etags(url)
@@ -611,13 +611,15 @@ class MultipartUploader:
         data: bytes | Callable[[], _PartBody],
         request_id: str,
         sent_md5: Callable[[], str] | None = None,
+        check: bool | None = None,
     ) -> CompletedPart:
         """One PUT (the transport retries failures), then the ETag check (retried here) where
         it applies (`_checks`).
 
         `data` is the part's bytes, or a factory of a streamed body for each attempt together
-        with `sent_md5`, which gives the MD5 of what the last attempt sent."""
-        check = self._checks(part.url)
+        with `sent_md5`, which gives the MD5 of what the last attempt sent; `check`, when the
+        caller already decided whether to check (and hash), saves deciding again."""
+        check = self._checks(part.url) if check is None else check
         fixed_md5 = (
             hashlib.md5(data, usedforsecurity=False).hexdigest() if check and isinstance(data, bytes) else ""
         )

@@ -133,20 +133,21 @@ def release_free_heap() -> bool:
     anything was released. A long night frees and reallocates all the time; the freed space
     between live blocks stays resident until trimmed, so a worker's memory grew with the length
     of the night. The engine calls this now and then (it costs a walk of the free lists)."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(trim(0))
+    trim = _glibc("malloc_trim")
+    return trim is not None and bool(trim(0))
 
 
 def _mallopt(param: int, value: int) -> bool:
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(param, value))
+
+
+def _glibc(name: str) -> Any:
+    """glibc's function `name`, or None where libc is not glibc (macOS, musl): nothing to tune."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        return False  # not glibc (macOS, musl): nothing to tune
-    return bool(mallopt(param, value))
+        return None
 
 
 def use_system_arrow_allocator() -> None:
