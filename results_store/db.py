@@ -88,8 +88,18 @@ def load_json(text: str | bytes) -> Any:
     return json.loads(text, object_pairs_hook=_interned)
 
 
-SQLITE_CACHE_KIB = 256
+SQLITE_POOL_SIZE = 16
+"""Connections a worker keeps open: about its threads that use the database at once (the
+engine's checks, sends, harvests, its watch and harvest loops). SQLAlchemy's default (5, plus
+10 opened and closed again as needed) made a night open ~1 connection per 2 recordings, each
+with its own schema, caches and prepared statements: churn that left a long night's worker
+larger than a short one's (and time spent in PRAGMAs). With 16: 15 connections a night."""
+SQLITE_CACHE_KIB = 64
 """SQLite page cache per connection (KiB): small, since the OS caches the file anyway."""
+SQLITE_CACHED_STATEMENTS = 16
+"""Prepared statements kept per connection (the driver's default is 128): with 16 connections
+open for good, the default could hold thousands (IN lists of several lengths, see
+valence_pipeline/bookkeeping.py `_in_chunks`)."""
 
 
 def create_engine_for(url: str, *, echo: bool = False) -> Engine:
@@ -104,7 +114,17 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 60}, json_deserializer=load_json)
+    in_memory = not database or database == ":memory:"  # one connection per thread: no pool to size
+    pool: dict[str, int] = (
+        {} if in_memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
+    )
+    engine = sa.create_engine(
+        url,
+        echo=echo,
+        connect_args={"timeout": 60, "cached_statements": SQLITE_CACHED_STATEMENTS},
+        json_deserializer=load_json,
+        **pool,
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
