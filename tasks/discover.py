@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import (
+    LIST_PAGE_SIZE,
     ObjectVersion,
     head_version,
     list_latest_versions,
@@ -51,15 +54,52 @@ def discover(
     count_unannounced: bool = False,
 ) -> Registered:
     """List every prefix, keep audio modified in [since, until) that the store has not
-    finished, register it for `run_id` and return the ids.
+    finished, register it for `run_id` and return the ids, oldest first.
 
-    Listing is cheap (1,000 versions a call); the store check is one query per 500 keys.
-    Oldest first, so a `max_files` budget works through a backlog in arrival order. Listing
-    and registering are one step (registering again is an upsert, so a retry is harmless),
-    and the listed versions are dropped when it returns.
+    A page at a time: each listed page is checked against the store (one query) and
+    registered (one upsert) before the next is read, so the process holds one page, never the
+    night's listing (with `max_files`, the oldest `max_files` so far). Registering again is an
+    upsert, so a retry is harmless. Oldest first, so a `max_files` or audio-hours budget works
+    through a backlog in arrival order: the database orders what was registered.
     """
+    rt = runtime()  # its store is opened when the first page is listed
+    listed = registered = 0
+    without_event = 0 if count_unannounced else None
+
+    def unfinished() -> Iterator[list[ObjectVersion]]:
+        nonlocal listed
+        for page in _pages(sources, since, until):
+            listed += len(page)
+            yield rt.store.unfinished(page)
+
+    def take(objects: list[ObjectVersion]) -> None:
+        nonlocal registered, without_event
+        rt.store.register(objects, run_id)
+        registered += len(objects)
+        if without_event is not None:
+            without_event += _unannounced(objects)
+
+    if max_files is None:
+        for pending in unfinished():
+            take(pending)
+    else:  # the oldest max_files, kept as the pages go by (a bounded heap)
+        take(
+            heapq.nsmallest(
+                max_files,
+                (obj for pending in unfinished() for obj in pending),
+                key=lambda o: (o.last_modified, o.uri),
+            )
+        )
+    log.info("discovered %d audio objects, %d not finished yet", listed, registered)
+    return Registered(rt.store.taken_by(run_id), without_event)
+
+
+def _pages(
+    sources: list[str], since: datetime | None, until: datetime | None
+) -> Iterator[list[ObjectVersion]]:
+    """The audio objects modified in [since, until) under `sources`, a listing page at a time."""
     rt = runtime()
-    found: list[ObjectVersion] = []
+    page: list[ObjectVersion] = []
     for source in sources:
         bucket, prefix = parse_s3_uri(source)
         for obj in list_latest_versions(rt.s3, bucket, prefix):
@@ -69,15 +109,12 @@ def discover(
                 until is not None and obj.last_modified >= until
             ):
                 continue
-            found.append(obj)
-    found.sort(key=lambda o: (o.last_modified, o.uri))
-    pending = rt.store.unfinished(found)
-    log.info("discovered %d audio objects, %d not finished yet", len(found), len(pending))
-    del found
-    if max_files is not None:
-        pending = pending[:max_files]
-    without_event = _unannounced(pending) if count_unannounced else None
-    return Registered(rt.store.register(pending, run_id), without_event)
+            page.append(obj)
+            if len(page) >= LIST_PAGE_SIZE:
+                yield page
+                page = []
+    if page:
+        yield page
 
 
 def _resolve_name() -> str:

@@ -213,6 +213,18 @@ class PipelineStore:
                 s.execute(sa.update(Recording).where(Recording.id.in_(chunk)).values(run_id=run_id))
             return todo
 
+    def taken_by(self, run_id: str) -> list[int]:
+        """The unfinished recordings registered for `run_id`, oldest first (arrival order: what
+        a budget of files or audio hours works through first)."""
+        with self.store.session_scope() as s:
+            return list(
+                s.scalars(
+                    sa.select(Recording.id)
+                    .where(Recording.run_id == run_id, Recording.status.not_in(FINISHED_STATUSES))
+                    .order_by(Recording.discovered_at, Recording.bucket, Recording.key, Recording.id)
+                )
+            )
+
     def unfinished(self, objects: Sequence[ObjectVersion]) -> list[ObjectVersion]:
         """The object versions not completed or rejected yet (a re-run skips those), in order:
         one query per 500 keys, not one per object (a night lists thousands)."""

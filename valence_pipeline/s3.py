@@ -113,27 +113,38 @@ def make_s3_client() -> Any:
     return boto3.client("s3", config=config)
 
 
-def list_latest_versions(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectVersion]:
-    """Latest, non-deleted version of every object under `prefix` (paginated).
+LIST_PAGE_SIZE = 250
+"""Objects per listing call. A page is parsed into Python objects all at once, and that burst
+is what a listing leaves in the worker's memory; 250 keeps it near a small night's (4 calls per
+1,000 objects instead of 1)."""
+
+
+def list_latest_versions(
+    s3: Any, bucket: str, prefix: str, page_size: int = LIST_PAGE_SIZE
+) -> Iterator[ObjectVersion]:
+    """Latest, non-deleted version of every object under `prefix`, a page at a time (nothing
+    is held beyond the page being read, however large the prefix).
 
     `ListObjectVersions` gives version ids in the listing itself (no HEAD per object) and works
     on unversioned buckets too, where every version id is 'null'. The ETag of a 'null' version
-    is taken from `ListObjectsV2` instead (one more listing of the prefix, only when such an
-    object turns up): it is what reads are pinned to (If-Match), and SeaweedFS's version listing
-    reports a per-chunk ETag for objects over 8 MB that its GETs do not match.
+    is taken from `ListObjectsV2` instead, for the same range of keys as the page (one more
+    listing call per page, only for pages with such objects): it is what reads are pinned to
+    (If-Match), and SeaweedFS's version listing reports a per-chunk ETag for objects over 8 MB
+    that its GETs do not match.
     """
-    current_etags: dict[str, str] | None = None
+    after = ""  # the last key of the previous page: pages list keys in order
     paginator = s3.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Versions", []):
-            if not item.get("IsLatest", True):
-                continue
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}):
+        versions = page.get("Versions", [])
+        latest = [item for item in versions if item.get("IsLatest", True)]
+        etags: dict[str, str] = {}
+        if any((item.get("VersionId") or NULL_VERSION) == NULL_VERSION for item in latest):
+            etags = _current_etags(s3, bucket, prefix, after, latest[-1]["Key"], page_size)
+        for item in latest:
             version_id = item.get("VersionId") or NULL_VERSION
             etag = item["ETag"].strip('"')
             if version_id == NULL_VERSION:
-                if current_etags is None:
-                    current_etags = _current_etags(s3, bucket, prefix)
-                etag = current_etags.get(item["Key"], etag)
+                etag = etags.get(item["Key"], etag)
             yield ObjectVersion(
                 bucket=bucket,
                 key=item["Key"],
@@ -143,13 +154,25 @@ def list_latest_versions(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectVe
                 # One shared tzinfo, not botocore's tzutc instance per object (held per file).
                 last_modified=item["LastModified"].astimezone(UTC),
             )
+        if versions:
+            after = versions[-1]["Key"]
 
 
-def _current_etags(s3: Any, bucket: str, prefix: str) -> dict[str, str]:
+def _current_etags(
+    s3: Any, bucket: str, prefix: str, after: str, last: str, page_size: int
+) -> dict[str, str]:
+    """Current ETags of the keys in (`after`, `last`] under `prefix`."""
     etags: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": page_size}}
+    if after:
+        kwargs["StartAfter"] = after
+    for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
         for item in page.get("Contents", []):
+            if item["Key"] > last:
+                return etags
             etags[item["Key"]] = item["ETag"].strip('"')
+            if item["Key"] == last:  # the page's range is done: no call for the next one
+                return etags
     return etags
 
 
