@@ -188,6 +188,15 @@ class Engine:
         self.taking = 0
         """Take-ons queued or running."""
         self.feed_limit = 4 * s.check_workers
+        self.active_limit = self.feed_limit + 4 * s.max_concurrent_files * len(s.providers)
+        """Recordings with work queued or running here at most: checks run faster than
+        rate-limited sends, and without this bound a night's checked recordings (and their
+        queued sends) would pile up in memory. Four sends queued per sending thread keeps
+        every provider busy while the other is slower."""
+        self.watching: set[int] = set()
+        """Recordings taken on (or to sweep) and not yet seen done: what the watch loop reads.
+        Not the backlog, so each look at the database is bounded by the files in flight, not
+        by the size of the night (its backlog is this process's own until fed)."""
         self._flag_cache: tuple[float, dict[str, Any]] = (0.0, {})
 
     # --- threads carry the caller's context ---------------------------------------------
@@ -210,6 +219,7 @@ class Engine:
         self._begin(rid)
         with self._lock:
             self.taking += 1
+            self.watching.add(rid)
         self._spawn(self.checks, self._run_take_on, rid)
 
     def _run_take_on(self, rid: int) -> None:
@@ -221,10 +231,15 @@ class Engine:
             self._feed()
 
     def _feed(self) -> None:
-        """Queue the backlog's next recordings while fewer than `feed_limit` take-ons wait."""
+        """Queue the backlog's next recordings while fewer than `feed_limit` take-ons wait and
+        fewer than `active_limit` recordings have work here."""
         while not self.aborted and not self.stop.is_set():
             with self._lock:
-                if not self.backlog or self.taking >= self.feed_limit:
+                if (
+                    not self.backlog
+                    or self.taking >= self.feed_limit
+                    or len(self.active) >= self.active_limit
+                ):
                     return
                 rid = self.backlog.popleft()
                 self.in_backlog.discard(rid)
@@ -272,6 +287,8 @@ class Engine:
         `others_done()`, whatever nobody took: the night's planner while its batches run.
         """
         ids = list(dict.fromkeys(recording_ids))
+        if sweep_only:  # nothing of its own to feed: every id is watched until it is done
+            self.watching.update(ids)
         self.rt.learn_provider_limits()
         harvester = threading.Thread(
             target=contextvars.copy_context().run, args=(self._harvest_loop,), name="harvester", daemon=True
@@ -283,7 +300,8 @@ class Engine:
                     self.backlog.extend(ids)
                     self.in_backlog.update(ids)
                 self._feed()
-            self._watch(ids, sweep_only, others_done)
+            del ids
+            self._watch(sweep_only, others_done)
         finally:
             self.stop.set()
             self.wake.set()
@@ -295,7 +313,7 @@ class Engine:
         if self.aborted:
             raise RunAborted(self.aborted)
 
-    def _watch(self, ids: list[int], sweep_only: bool, others_done: Callable[[], bool]) -> None:
+    def _watch(self, sweep_only: bool, others_done: Callable[[], bool]) -> None:
         lease = self.settings.lease_s
         started = self.clock()
         last_renew = last_check = last_sweep = 0.0
@@ -317,15 +335,19 @@ class Engine:
                 last_renew = now
             if now - last_check >= self.settings.watch_interval_s:
                 last_check = now
-                statuses = self.store.statuses(ids)
                 with self._lock:
-                    busy = set(self.active) | self.in_backlog  # the backlog is fed in order
+                    watched = list(self.watching)
+                statuses = self.store.statuses(watched)
+                with self._lock:
                     for rid, status in statuses.items():
                         if status in DONE:
                             self.held.discard(rid)
+                            self.watching.discard(rid)
                     held_now = set(self.held)
-                pending = [r for r in ids if statuses.get(r) not in DONE and r not in self.deferred]
-                if not pending and not busy and not len(self.later):
+                    busy = set(self.active)
+                    fed_all = not self.in_backlog  # the backlog is fed in order
+                pending = [r for r in watched if statuses.get(r) not in DONE and r not in self.deferred]
+                if not pending and fed_all and not busy and not len(self.later):
                     return
                 waiting = self.later.pending()
                 idle = [r for r in pending if r not in busy and r not in waiting]
@@ -432,6 +454,7 @@ class Engine:
             self.store.set_status(rid, "accepted")
             with self._lock:
                 self.deferred.add(rid)
+                self.watching.discard(rid)  # left for a later run: nothing to watch
             self._let_go(rid)
             return None
         return self.store.load_recording(rid)

@@ -3,6 +3,7 @@ phased, twins are paid once, and the database (not the process) carries a run's 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,55 @@ def test_results_are_stored_while_other_recordings_are_still_being_sent(
         database_url, "select min(completed_at), max(submitted_at) from provider_jobs"
     )
     assert first_done < last_sent
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_worker_holds_only_the_recordings_in_flight_not_the_night(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    """Checks outrun slow sends; the backlog is fed only while few recordings have work here,
+    and the watch loop reads only those fed and not done, never the whole night."""
+    samples = tuple(SampleRecording(f"in/f{i:02d}.wav", 12, samplerate=8000) for i in range(24))
+    upload_samples(s3_client, bucket, samples)
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset",
+        VALENCE_PIPELINE_CHECK_WORKERS="1", VALENCE_PIPELINE_MAX_CONCURRENT_FILES="1",
+    )  # fmt: skip
+    import valence_pipeline.bookkeeping as bookkeeping
+    import valence_pipeline.engine as engine
+
+    active: list[int] = []
+    limits: list[int] = []
+    real_send, real_statuses = engine.Engine._send, bookkeeping.PipelineStore.statuses
+
+    def slow_send(self: Any, item: Any) -> None:
+        active.append(len(self.active))
+        limits.append(self.active_limit)
+        time.sleep(0.1)  # a rate-limited provider: sends are the slow step
+        real_send(self, item)
+
+    asked: list[int] = []
+
+    def statuses_asked(self: Any, ids: Any) -> Any:
+        ids = list(ids)
+        asked.append(len(ids))
+        return real_statuses(self, ids)
+
+    monkeypatch.setattr(engine.Engine, "_send", slow_send)
+    monkeypatch.setattr(bookkeeping.PipelineStore, "statuses", statuses_asked)
+    state = night(f"s3://{bucket}/in/")
+
+    assert state.is_completed()
+    assert {s for s, _ in statuses(database_url).values()} == {"completed"}
+    assert set(limits) == {4 + 4 * 1 * 2}  # 4 take-ons (check_workers 1), 4 per sending thread
+    assert max(active) <= limits[0] < len(samples)  # without the bound: all 24 (checks are quick)
+    assert asked and max(asked) < len(samples)
 
 
 @pytest.mark.usefixtures("prefect_harness")
