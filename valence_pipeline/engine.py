@@ -193,6 +193,8 @@ class Engine:
         rate-limited sends, and without this bound a night's checked recordings (and their
         queued sends) would pile up in memory. Four sends queued per sending thread keeps
         every provider busy while the other is slower."""
+        self.requeued: set[int] = set()
+        """Taken on since the watch loop last began to read: a done status it read may predate it."""
         self.watching: set[int] = set()
         """Recordings taken on (or to sweep) and not yet seen done: what the watch loop reads.
         Not the backlog, so each look at the database is bounded by the files in flight, not
@@ -220,6 +222,7 @@ class Engine:
         with self._lock:
             self.taking += 1
             self.watching.add(rid)
+            self.requeued.add(rid)
         self._spawn(self.checks, self._run_take_on, rid)
 
     def _run_take_on(self, rid: int) -> None:
@@ -337,10 +340,16 @@ class Engine:
                 last_check = now
                 with self._lock:
                     watched = list(self.watching)
+                    self.requeued.clear()
                 statuses = self.store.statuses(watched)
+                waiting = self.later.pending()
                 with self._lock:
                     for rid, status in statuses.items():
-                        if status in DONE:
+                        # Done for good unless this process is taking it on (again): a failed
+                        # recording a new run reopens reads as failed until its take-on has
+                        # reset it, and must stay watched until its jobs are harvested.
+                        mine = rid in self.active or rid in self.requeued or rid in waiting
+                        if status in DONE and not mine:
                             self.held.discard(rid)
                             self.watching.discard(rid)
                     held_now = set(self.held)
@@ -349,7 +358,6 @@ class Engine:
                 pending = [r for r in watched if statuses.get(r) not in DONE and r not in self.deferred]
                 if not pending and fed_all and not busy and not len(self.later):
                     return
-                waiting = self.later.pending()
                 idle = [r for r in pending if r not in busy and r not in waiting]
                 if idle:
                     # Never-claimed work is the batches' until they have all ended, or until

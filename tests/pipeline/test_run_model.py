@@ -97,6 +97,47 @@ def test_results_are_stored_while_other_recordings_are_still_being_sent(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_recording_failed_last_night_is_taken_on_again_and_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    make_emulator: Any,
+    tmp_path: Path,
+) -> None:
+    """The next night reads the recording as failed until its take-on resets it; it must
+    still wait for the jobs it then submits, not end with them at the provider."""
+    emu = make_emulator(time_scale=10.0)  # jobs take real seconds: the run must wait for them
+    upload_samples(s3_client, bucket, (SampleRecording("in/again.wav", 20),))
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset",
+        VALENCE_PIPELINE_STEP_ATTEMPTS="1",
+    )  # fmt: skip
+    import valence_pipeline.engine as engine
+
+    real = engine.open_payload
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("connection reset by peer (injected)")
+
+    monkeypatch.setattr(engine, "open_payload", broken)
+    assert night(f"s3://{bucket}/in/").is_failed()
+    assert statuses(database_url)["in/again.wav"][0] == "failed"
+
+    monkeypatch.setattr(engine, "open_payload", real)
+    real_take_on = engine.Engine._take_on
+
+    def slow_take_on(self: Any, rid: int) -> None:
+        time.sleep(1.0)  # the watch loop reads it as failed a few times first
+        real_take_on(self, rid)
+
+    monkeypatch.setattr(engine.Engine, "_take_on", slow_take_on)
+    assert night(f"s3://{bucket}/in/").is_completed()
+    assert statuses(database_url) == {"in/again.wav": ("completed", None)}
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_worker_holds_only_the_recordings_in_flight_not_the_night(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
