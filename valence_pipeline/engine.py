@@ -303,7 +303,7 @@ class Engine:
                     self.backlog.extend(ids)
                     self.in_backlog.update(ids)
                 self._feed()
-            del ids
+            del ids  # the backlog has them: not a second copy of the night held all run
             self._watch(sweep_only, others_done)
         finally:
             self.stop.set()
