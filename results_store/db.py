@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,15 +76,31 @@ class SchemaAheadError(SchemaError):
 # --------------------------------------------------------------------------- engines
 
 
-def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {sys.intern(key): value for key, value in pairs}
+_KEYS: dict[str, str] = {}
+"""One copy of each JSON object key read back, kept for the life of the process."""
+_KEYS_MAX = 4096
+"""The keys are a fixed vocabulary (field names, the emotions, the 48 expressions); past this
+many, a key is not kept (a column holding arbitrary keys must not grow the process)."""
+
+
+def _shared_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        shared = _KEYS.get(key)
+        if shared is None:
+            shared = _KEYS.setdefault(key, key) if len(_KEYS) < _KEYS_MAX else key
+        out[shared] = value
+    return out
 
 
 def load_json(text: str | bytes) -> Any:
-    """JSON columns as read back, with object keys interned. The same few names (the emotions,
-    the 48 expressions) recur in every row: a 9 h recording's utterances would otherwise hold
-    ~320,000 separate copies of them (~20 MiB) while the Parquet export reads them."""
-    return json.loads(text, object_pairs_hook=_interned)
+    """JSON columns as read back, each object key one shared copy. The same few names (the
+    emotions, the 48 expressions) recur in every row: a 9 h recording's utterances would
+    otherwise hold ~320,000 separate copies of them (~20 MiB) while the Parquet export reads
+    them. Not `sys.intern`: names like "Empathic Pain" stay interned only while some row holds
+    them, and a long night interning and dropping them thousands of times made CPython's
+    interned-string table double in size (1.8 MiB) partway through the night."""
+    return json.loads(text, object_pairs_hook=_shared_keys)
 
 
 SQLITE_POOL_SIZE = 16

@@ -38,6 +38,17 @@ PROSODY_EXPRESSIONS: tuple[str, ...] = (
     "Surprise (negative)", "Surprise (positive)", "Sympathy", "Tiredness", "Triumph",
 )  # fmt: skip
 """The 48 named expression scores of a verbose Valsea utterance, in wire order."""
+_EXPRESSION_NAMES = {name: name for name in PROSODY_EXPRESSIONS}
+"""Every utterance names the same 48 expressions: each name read from the wire becomes this
+one copy (~19 MiB saved on 9 h of audio). Not `sys.intern` for the documented ones: names
+like "Empathic Pain" are interned only while some utterance holds them, so a long night of
+short calls interned and dropped them thousands of times, and that churn through CPython's
+interned-string table made it double its size (1.8 MiB) partway through a night."""
+
+
+def _shared_name(name: str) -> str:
+    """The one copy of an expression name (an undocumented one: interned)."""
+    return _EXPRESSION_NAMES.get(name) or sys.intern(name)
 
 
 class _Model(BaseModel):
@@ -269,8 +280,7 @@ class ProsodyUtterance(_Model):
         time = data.get("time") or {}
         raw = data.get("emotions") or []
         if raw and isinstance(raw[0], dict):
-            # Interned: the same 48 names in every utterance, not one copy each (~19 MiB for 9 h).
-            expressions = {sys.intern(str(e["name"])): float(e["score"]) for e in raw}
+            expressions = {_shared_name(str(e["name"])): float(e["score"]) for e in raw}
         else:
             expressions = {name: float(score) for name, score in zip(PROSODY_EXPRESSIONS, raw, strict=False)}
         return {

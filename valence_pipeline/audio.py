@@ -22,6 +22,12 @@ ACCEPTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3"})
 BLOCK_FRAMES = 64 * 1024
 WAV_HEADER_BYTES = 44
 
+_ARRAY_INTERFACE_KEYS = ("typestr", "descr", "strides")
+"""Held for good so they stay interned: soundfile reads every block through numpy's
+`__array_interface__`, a dict numpy builds with C string keys, which interns each key and
+drops it again with the dict. Each probe did that once; a night of thousands churned through
+CPython's interned-string table until it doubled in size (1.8 MiB) partway through the night."""
+
 Route = Literal["discrete", "async"]
 Opener = Callable[[], "Readable"]
 Readable = IO[bytes] | io.RawIOBase
