@@ -41,6 +41,26 @@ def test_upserting_recordings_twice_stores_each_version_once(store: Store) -> No
     assert len({r.id for r in again}) == 4
 
 
+def test_an_upsert_statement_is_built_once_per_shape(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built per call, `stmt.excluded` made an alias of the table with a proxy per column each
+    time: a night of 200 recordings left ~23,000 of them as cyclic garbage."""
+    built: list[tuple[Any, ...]] = []
+    real = repo._upsert_statement
+
+    def counting(*shape: Any) -> Any:
+        built.append(shape)
+        return real(*shape)
+
+    monkeypatch.setattr(repo, "_upsert_statement", counting)
+    monkeypatch.setattr(repo, "_UPSERTS", {})
+    for i in range(3):
+        with store.session_scope() as s:
+            repo.upsert_recordings(s, [recording_in(i), recording_in(i + 10)])
+    assert len(built) == 1
+    with store.session_scope() as s:
+        assert count(s, Recording) == 6
+
+
 def test_relisting_keeps_progress_and_known_metadata(store: Store) -> None:
     rec = recording_in(1)
     with store.session_scope() as s:
@@ -331,3 +351,18 @@ def test_dataset_rows_are_the_same_when_read_in_chunks(store: Store, monkeypatch
     assert chunked == whole
     assert [r.recording_id for r in whole.recordings] == sorted(ids)
     assert len(whole.emotion_segments) == 10 and len(whole.prosody_summaries) == 5
+
+
+def test_json_keys_read_back_are_one_copy_held_for_the_process() -> None:
+    """Names like "Empathic Pain" were interned only while a row held them: a long night
+    interned and dropped them thousands of times, until CPython's table of interned strings
+    doubled in size. Read back, every copy of a key is the same object, held for good."""
+    from results_store.db import _KEYS, load_json
+
+    first = load_json('{"Empathic Pain": 0.5, "Surprise (positive)": 0.25}')
+    second = load_json(b'{"Surprise (positive)": 0.75, "Empathic Pain": 0.1}')
+    assert first == {"Empathic Pain": 0.5, "Surprise (positive)": 0.25}
+    assert [k for k in first] == [k for k in second][::-1]
+    assert all(any(k is held for held in _KEYS) for k in (*first, *second))
+    same = {k: k for k in second}
+    assert all(same[k] is k for k in first)
