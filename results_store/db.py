@@ -38,6 +38,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from valence_client.models import shared_name
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -76,30 +78,15 @@ class SchemaAheadError(SchemaError):
 # --------------------------------------------------------------------------- engines
 
 
-_KEYS: dict[str, str] = {}
-"""One copy of each JSON object key read back, kept for the life of the process."""
-_KEYS_MAX = 4096
-"""The keys are a fixed vocabulary (field names, the emotions, the 48 expressions); past this
-many, a key is not kept (a column holding arbitrary keys must not grow the process)."""
-
-
 def _shared_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        shared = _KEYS.get(key)
-        if shared is None:
-            shared = _KEYS.setdefault(key, key) if len(_KEYS) < _KEYS_MAX else key
-        out[shared] = value
-    return out
+    return {shared_name(key): value for key, value in pairs}
 
 
 def load_json(text: str | bytes) -> Any:
-    """JSON columns as read back, each object key one shared copy. The same few names (the
-    emotions, the 48 expressions) recur in every row: a 9 h recording's utterances would
-    otherwise hold ~320,000 separate copies of them (~20 MiB) while the Parquet export reads
-    them. Not `sys.intern`: names like "Empathic Pain" stay interned only while some row holds
-    them, and a long night interning and dropping them thousands of times made CPython's
-    interned-string table double in size (1.8 MiB) partway through the night."""
+    """JSON columns as read back, each object key one shared copy (`shared_name`). The same
+    few names (the emotions, the 48 expressions) recur in every row: a 9 h recording's
+    utterances would otherwise hold ~320,000 separate copies of them (~20 MiB) while the
+    Parquet export reads them."""
     return json.loads(text, object_pairs_hook=_shared_keys)
 
 

@@ -8,7 +8,6 @@ shape the client cannot parse cannot be served either.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -38,17 +37,22 @@ PROSODY_EXPRESSIONS: tuple[str, ...] = (
     "Surprise (negative)", "Surprise (positive)", "Sympathy", "Tiredness", "Triumph",
 )  # fmt: skip
 """The 48 named expression scores of a verbose Valsea utterance, in wire order."""
-_EXPRESSION_NAMES = {name: name for name in PROSODY_EXPRESSIONS}
-"""Every utterance names the same 48 expressions: each name read from the wire becomes this
-one copy (~19 MiB saved on 9 h of audio). Not `sys.intern` for the documented ones: names
-like "Empathic Pain" are interned only while some utterance holds them, so a long night of
-short calls interned and dropped them thousands of times, and that churn through CPython's
-interned-string table made it double its size (1.8 MiB) partway through a night."""
+SHARED_NAMES: dict[str, str] = {name: name for name in PROSODY_EXPRESSIONS}
+"""One copy of each name that recurs in every utterance or stored row (the 48 expressions,
+the emotions, field names), held for the life of the process: ~19 MiB saved on 9 h of audio.
+Not `sys.intern`: names like "Empathic Pain" stay interned only while something holds them,
+so a long night of short calls interned and dropped them thousands of times, and that churn
+through CPython's interned-string table made it double its size (1.8 MiB) partway through."""
+SHARED_NAMES_MAX = 4096
+"""Past this many names, a new one is not kept (arbitrary names must not grow the process)."""
 
 
-def _shared_name(name: str) -> str:
-    """The one copy of an expression name (an undocumented one: interned)."""
-    return _EXPRESSION_NAMES.get(name) or sys.intern(name)
+def shared_name(name: str) -> str:
+    """The one copy of `name` (see `SHARED_NAMES`)."""
+    held = SHARED_NAMES.get(name)
+    if held is None:
+        held = SHARED_NAMES.setdefault(name, name) if len(SHARED_NAMES) < SHARED_NAMES_MAX else name
+    return held
 
 
 class _Model(BaseModel):
@@ -280,7 +284,7 @@ class ProsodyUtterance(_Model):
         time = data.get("time") or {}
         raw = data.get("emotions") or []
         if raw and isinstance(raw[0], dict):
-            expressions = {_shared_name(str(e["name"])): float(e["score"]) for e in raw}
+            expressions = {shared_name(str(e["name"])): float(e["score"]) for e in raw}
         else:
             expressions = {name: float(score) for name, score in zip(PROSODY_EXPRESSIONS, raw, strict=False)}
         return {

@@ -357,7 +357,8 @@ def test_json_keys_read_back_are_one_copy_held_for_the_process() -> None:
     """Names like "Empathic Pain" were interned only while a row held them: a long night
     interned and dropped them thousands of times, until CPython's table of interned strings
     doubled in size. Read back, every copy of a key is the same object, held for good."""
-    from results_store.db import _KEYS, load_json
+    from results_store.db import load_json
+    from valence_client.models import SHARED_NAMES as _KEYS
 
     first = load_json('{"Empathic Pain": 0.5, "Surprise (positive)": 0.25}')
     second = load_json(b'{"Surprise (positive)": 0.75, "Empathic Pain": 0.1}')
