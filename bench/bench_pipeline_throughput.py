@@ -340,9 +340,12 @@ def upload(sw: Any, bucket: str, files: list[tuple[str, float]]) -> None:
 def env_for(
     workdir: Path, sw: Any, emu: Any, api_url: str, limits: tuple[int, ...], time_scale: float
 ) -> dict[str, str]:
+    from valence_pipeline.processes import with_malloc_tunables
+
     text = json.dumps(dict(zip(WINDOWS, limits, strict=True)))
+    # The flow process starts as the product starts one (the CLI, a worker's flow run).
     return {
-        **os.environ,
+        **with_malloc_tunables(os.environ),
         **sw.env(),
         "PREFECT_API_URL": api_url,
         "VALENCE_API_KEY": emu.valence_key,

@@ -48,5 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(func(args) or 0)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script: a flow process starts with its malloc tuning (glibc reads it only
+    at exec, so the command starts over once with it), then runs the command."""
+    from valence_pipeline.processes import restart_with_malloc_tunables
+
+    restart_with_malloc_tunables()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
