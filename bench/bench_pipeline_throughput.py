@@ -242,6 +242,32 @@ def _trace_memory(to: str | None) -> Any:
     return finish
 
 
+def _count_statements(to: str | None) -> Any:
+    """`BENCH_SQL=FILE`: the SQL statements the flow process ran, with counts, and how many
+    distinct ones each database connection ran (against the driver's per-connection cache of
+    prepared statements, `results_store.db.SQLITE_CACHED_STATEMENTS`). Returns the writer."""
+    if not to:
+        return None
+    import sqlalchemy as sa
+
+    seen: Counter[str] = Counter()
+    per_connection: dict[int, set[str]] = {}
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen[statement] += 1
+        per_connection.setdefault(id(conn.connection.dbapi_connection), set()).add(statement)
+
+    def write() -> None:
+        with open(to, "w") as out:
+            sizes = sorted(len(v) for v in per_connection.values())
+            out.write(f"distinct statements {len(seen)}; per connection {sizes}\n")
+            for statement, n in seen.most_common():
+                out.write(f"{n:8d} {statement[:300]!r}\n")
+
+    return write
+
+
 def child(source: str) -> None:
     from flows.ingest import nightly_ingest, run_to_result
     from results_store.db import upgrade
@@ -261,8 +287,11 @@ def child(source: str) -> None:
     watcher = _trace_memory(os.environ.get("BENCH_TRACEMALLOC"))
     if os.environ.get("BENCH_RSS_TRACE"):
         watcher = _sample_rss(os.environ["BENCH_RSS_TRACE"])
+    count_sql = _count_statements(os.environ.get("BENCH_SQL"))
     started, started_at = time.monotonic(), time.time()
     result = run_to_result(nightly_ingest, source=source, trigger="manual")
+    if count_sql is not None:
+        count_sql()
     if watcher is not None:
         watcher()
     seconds = time.monotonic() - started
