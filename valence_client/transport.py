@@ -375,7 +375,21 @@ class Transport:
         if response.status_code != 429:
             # Retry-After on anything but a 429 is not about the shared budget.
             headers = {k: v for k, v in headers.items() if k.lower() != "retry-after"}
-        self.limiter.update_from_headers(headers)
+        try:
+            self.limiter.update_from_headers(headers)
+        except Exception as exc:  # noqa: BLE001 - any limiter, any backend: the answer stands
+            # The answer has arrived (and a billed call is paid for): a limiter that cannot
+            # take the headers (a shared one whose database restarts) must not turn it into an
+            # error, or the caller would send the call again and pay twice. The headers are
+            # advice; the next answer carries them again.
+            logger.warning(
+                "%s: the limiter could not take the rate-limit headers of %s %s (%s: %s); the answer stands",
+                self.provider,
+                call.method,
+                redact_url(call.url),
+                type(exc).__name__,
+                (str(exc).splitlines() or [""])[0][:200],  # its first line: no SQL, no params
+            )
 
     def _error_for(self, call: _Call, response: requests.Response) -> ValenceSDKException:
         if response.status_code == 429:

@@ -507,9 +507,9 @@ class PipelineStore:
         self.store.transaction(work)
 
     def drop_job(self, job_id: int) -> None:
-        """An intent that certainly never reached the provider leaves no job behind."""
-        with self.store.session_scope() as s:
-            s.execute(sa.delete(ProviderJob).where(ProviderJob.id == job_id))
+        """An intent that certainly never reached the provider leaves no job behind (replayed on
+        connection loss: a lost delete would leave the call's outcome looking unknown)."""
+        self.store.transaction(lambda s: s.execute(sa.delete(ProviderJob).where(ProviderJob.id == job_id)))
 
     def record_sending(self, item: WorkItem, *, run_id: str | None) -> int:
         """The intent of a billed call that has no idempotency key, stored before it is sent."""
@@ -526,8 +526,10 @@ class PipelineStore:
             return repo.upsert_provider_job(s, job)
 
     def mark_unknown(self, job_id: int, message: str) -> None:
-        with self.store.session_scope() as s:
-            s.execute(
+        """The call may have been done: it is not sent again unless an operator says so
+        (replayed on connection loss; the same update twice is the same state)."""
+        self.store.transaction(
+            lambda s: s.execute(
                 sa.update(ProviderJob)
                 .where(ProviderJob.id == job_id)
                 .values(
@@ -537,6 +539,7 @@ class PipelineStore:
                     updated_at=utcnow(),
                 )
             )
+        )
 
     def store_discrete(self, job_id: int, external_id: str, segment: EmotionSegment, run_id: str) -> None:
         """A discrete answer is the result itself: its intent (`record_sending`) becomes the

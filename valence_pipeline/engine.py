@@ -146,6 +146,25 @@ class _Later:
             return {p if isinstance(p, int) else p.recording_id for _, _, _, p in self.heap}
 
 
+def may_have_been_done(exc: BaseException) -> bool:
+    """Whether a billed call that raised `exc` may all the same have been done (and paid) by
+    the provider, so that sending it again could pay twice.
+
+    Yes: the connection failed after the request may have arrived; the provider answered 2xx
+    but the answer could not be read; the process is being stopped (not an `Exception`: a
+    signal, a cancellation) while the call may be on the wire. No: the provider answered with
+    an error status, or the call failed before its request was whole (the limiter, reading our
+    own audio). The transport lets nothing that happens after an answer arrives escape as
+    anything but its own errors (a limiter that cannot take the headers is logged), so an
+    error of ours is always from before the answer.
+    """
+    if isinstance(exc, APIConnectionError):
+        return exc.may_have_arrived
+    if isinstance(exc, ValenceSDKException):
+        return exc.status is not None and 200 <= exc.status < 300
+    return not isinstance(exc, Exception)
+
+
 class Engine:
     def __init__(
         self,
@@ -625,14 +644,11 @@ class Engine:
         marker = self.store.record_sending(item, run_id=self.scope.batch_run_id)
         try:
             answer = call()
-        except APIConnectionError as exc:
-            if exc.may_have_arrived:
-                self.store.mark_unknown(marker, str(exc))
+        except BaseException as exc:
+            if may_have_been_done(exc):
+                self.store.mark_unknown(marker, str(exc) or type(exc).__name__)
             else:
-                self.store.drop_job(marker)  # it never reached the provider: free to send again
-            raise
-        except BaseException:
-            self.store.drop_job(marker)  # the provider answered no, or nothing was sent
+                self.store.drop_job(marker)  # the provider answered no, or nothing was sent
             raise
         return marker, answer
 

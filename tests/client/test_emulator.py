@@ -5,6 +5,7 @@ and uploads from local files and S3 bodies."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -307,6 +308,27 @@ def test_a_discrete_call_whose_answer_was_lost_is_not_sent_again(
         client.discrete.emotions(file_path=str(clips["clip"]))
     assert len(api_log(emu, "discrete")) == 1
     assert emu.ledger()["by_sha256"][sha256(clips["clip"])]["total"] == 1
+
+
+class LimiterWithoutItsDatabase(WindowRateLimiter):
+    """A shared limiter whose backing database went away after the call was admitted."""
+
+    def update_from_headers(self, headers: Any) -> None:
+        raise ConnectionError("server closed the connection unexpectedly (injected)")
+
+
+def test_an_answer_stands_when_the_limiter_cannot_take_its_headers(
+    emu: EmulatorProcess, clips: dict[str, Path], sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer of a billed call is a fact; the rate-limit headers it carries are advice.
+    Raising here would make the caller send the call again and pay twice."""
+    caplog.set_level(logging.WARNING)
+    with valence_for(emu, sleeps, limiter=LimiterWithoutItsDatabase()) as client:
+        result = client.discrete.emotions(file_path=str(clips["clip"]))
+    assert result.main_emotion
+    assert len(api_log(emu, "discrete")) == 1
+    assert emu.ledger()["by_sha256"][sha256(clips["clip"])]["total"] == 1
+    assert any("the answer stands" in r.getMessage() for r in caplog.records)
 
 
 def test_initiate_is_not_resent_after_a_server_error(

@@ -283,6 +283,55 @@ def test_a_lost_valsea_submit_answer_is_unknown_and_only_an_operators_retry_send
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_discrete_answer_is_kept_when_the_shared_limiter_cannot_record_its_headers(
+    monkeypatch: pytest.MonkeyPatch,
+    seaweedfs: SeaweedFS,
+    s3_client: Any,
+    bucket: str,
+    emu: Any,
+    tmp_path: Path,
+) -> None:
+    """The limiter's database going away after an answer arrived (a PostgreSQL restart) once
+    dropped the paid call's intent and sent it again: paid twice. The answer stands now."""
+    import sqlalchemy as sa
+
+    from valence_pipeline.limits import DatabaseLedger
+
+    upload_samples(s3_client, bucket, (SampleRecording("in/clip.wav", 6),))  # the discrete route
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    configure(
+        monkeypatch, seaweedfs, emu, database_url, tmp_path / "dataset",
+        VALENCE_PIPELINE_PROVIDERS='["valence"]', VALENCE_PIPELINE_STEP_RETRY_DELAY_S="0.2",
+    )  # fmt: skip
+    refused: list[str] = []
+
+    def database_gone(self: DatabaseLedger, seen: Any) -> None:
+        refused.append(self.provider)
+        raise sa.exc.OperationalError("insert", {}, Exception("server closed the connection (injected)"))
+
+    monkeypatch.setattr(DatabaseLedger, "observe", database_gone)
+    assert night(f"s3://{bucket}/in/").is_completed()
+    assert refused, "no answer's headers reached the shared limiter"
+    assert {s for s, _ in statuses(database_url).values()} == {"completed"}
+    assert paid(emu)["valence_discrete"] == 1
+
+
+def test_a_call_may_have_been_done_unless_the_provider_said_no_or_it_never_left() -> None:
+    from valence_client.errors import APIConnectionError, InvalidRequestError, ServerError
+    from valence_pipeline.engine import may_have_been_done
+
+    lost = APIConnectionError("read timed out")
+    refused = APIConnectionError("connection refused")
+    refused.may_have_arrived = False
+    assert may_have_been_done(lost) and not may_have_been_done(refused)
+    assert may_have_been_done(ServerError("answered 200 with a non-JSON body", status=200))
+    assert not may_have_been_done(ServerError("bad gateway", status=502))
+    assert not may_have_been_done(InvalidRequestError("too short", status=400))
+    assert not may_have_been_done(ConnectionResetError("reading our own audio from S3"))
+    assert may_have_been_done(KeyboardInterrupt())  # stopped while the call may be on the wire
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_lost_discrete_answer_is_unknown_and_the_setting_resends_it_on_the_next_run(
     monkeypatch: pytest.MonkeyPatch,
     seaweedfs: SeaweedFS,
