@@ -23,7 +23,12 @@ inside the child, so the Prefect server's start-up is not counted):
   provider call, the calls, after the last).
 - instant: the same 60 recordings, an emulator that answers at once, limits raised to 1,000/s.
 - nights: peak RSS of a 100-recording and a 2,000-recording night (short clips, instant
-  emulator): memory must not grow with the night.
+  emulator): memory must not grow with the night. Printed for the flow process and for its
+  largest child (the run's dataset child, which writes the dataset and draws the pictures).
+- workers: the same nights deployed (`prefect deploy --all` on the bench's server, results in
+  a fresh PostgreSQL database) and run by one process worker, the night handed to the pool in
+  `process-batch` runs: the peak RSS of every flow-run process the worker starts (the night's,
+  each batch's) and of their children.
 - sdk: the seed's batch example (public `valenceai` SDK: upload all, then `emotions()` each,
   Valence only) on the limited workload: as written, and wrapped in a sleep-and-retry on 429.
 
@@ -36,13 +41,14 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +81,7 @@ class Run:
     timeline: dict[str, tuple[float, float]]
     """Per provider: its first and last counted call, in seconds after the flow started."""
     started_at: float
+    children_peak_mib: float
 
     @property
     def status_per_job(self) -> float:
@@ -299,7 +306,14 @@ def child(source: str) -> None:
         profiler.stop()
         Path(str(profile_to)).write_text(profiler.output_text(show_all=False))
     result.pop("summary", None)
-    report = {"seconds": seconds, "started_at": started_at, "peak_mib": _peak_mib(), "result": result}
+    report = {
+        "seconds": seconds,
+        "started_at": started_at,
+        "peak_mib": _peak_mib(),
+        # The largest of the flow's own children (the run's dataset child), each its own process.
+        "children_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "result": result,
+    }
     print(json.dumps(report))
 
 
@@ -454,6 +468,7 @@ def scenario(
         sum(kinds.values()),
         timeline,
         report["started_at"],
+        report["children_peak_mib"],
     )
 
 
@@ -494,9 +509,178 @@ def sdk_scenario(root: Path, sw: Any, files: list[tuple[str, float]], retry: str
         return run_child(["--child-sdk", str(keys), retry], env)
 
 
+POSTGRES_URL = os.environ.get(
+    "VALENCE_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+POOL = "valence-pipeline"
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@contextmanager
+def fresh_postgres_database(name: str) -> Iterator[str]:
+    """A database of its own on the local PostgreSQL (several flow-run processes write at once)."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        conn.execute(sa.text(f'create database "{name}"'))
+    try:
+        yield sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
+
+
+def _proc_tree() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _descendants(pid: int, tree: dict[int, int]) -> dict[int, int]:
+    """Descendants of `pid` -> their depth below it (1: its children)."""
+    found: dict[int, int] = {}
+    frontier = [(pid, 0)]
+    while frontier:
+        parent, depth = frontier.pop()
+        for child, pp in tree.items():
+            if pp == parent and child not in found:
+                found[child] = depth + 1
+                frontier.append((child, depth + 1))
+    return found
+
+
+def _high_water_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _flow_run_id(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in env:
+        if entry.startswith(b"PREFECT__FLOW_RUN_ID="):
+            return entry.split(b"=", 1)[1].decode()
+    return None
+
+
+def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
+    import requests
+
+    resp = requests.request(method, f"{api_url}{path}", json=body, timeout=30)
+    resp.raise_for_status()
+    return resp.json() if resp.content else None
+
+
+def deploy(api_url: str, env: dict[str, str]) -> None:
+    """The pool and `prefect deploy --all`, as the README's deploy steps go."""
+    for args in (["work-pool", "create", POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+        done = subprocess.run(
+            [PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        if done.returncode != 0 and "already exists" not in done.stdout + done.stderr:
+            raise SystemExit(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+@dataclass
+class WorkerNight:
+    seconds: float
+    state: str
+    night_mib: float
+    batch_mib: list[float]
+    helper_mib: float
+
+
+def worker_night(n: int, root: Path, sw: Any, api_url: str, deployed: list[bool]) -> WorkerNight:
+    """A night of `n` recordings on a process worker, the night handed to the pool in batches
+    (`process-batch` runs, as the `nightly` deployment of prefect.yaml does): the peak RSS of
+    every flow-run process the worker starts (its VmHWM, read every 0.2 s while it lives)."""
+    from emulator.process import EmulatorProcess
+    from results_store.db import upgrade
+
+    name = f"workers-{n}"
+    workdir = root / name
+    workdir.mkdir()
+    bucket = f"bench-{name}"
+    upload(sw, bucket, [(f"w{n}/clip-{i:05d}.wav", 12.0 + i % 7) for i in range(n)])
+    with (
+        fresh_postgres_database(f"bench_{name.replace('-', '_')}") as database_url,
+        EmulatorProcess(
+            time_scale=INSTANT,
+            retention_s=RETENTION_REAL_S * INSTANT,
+            valence_limits=RAISED_LIMITS,
+            valsea_limits=RAISED_LIMITS,
+            data_dir=workdir / "emulator",
+        ) as emu,
+    ):
+        upgrade(database_url)
+        env = {
+            **env_for(workdir, sw, emu, api_url, RAISED_LIMITS, INSTANT),
+            "VALENCE_PIPELINE_DATABASE_URL": database_url,
+            "VALENCE_PIPELINE_REPOSITORY": f"file://{REPO}",  # the pull step clones what is committed
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        }
+        if not deployed:
+            deploy(api_url, env)
+            deployed.append(True)
+        nightly = _api(api_url, "GET", "/deployments/name/nightly-ingest/nightly")
+        body = {"parameters": {"source": [f"s3://{bucket}/"], "trigger": "manual"}}
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "4"],
+            env=env, stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        peaks: dict[int, tuple[float, int, str | None]] = {}
+        started = time.monotonic()
+        try:
+            run_id = _api(api_url, "POST", f"/deployments/{nightly['id']}/create_flow_run", body)["id"]
+            state = ""
+            while time.monotonic() - started < 3600:
+                for pid, depth in _descendants(worker.pid, _proc_tree()).items():
+                    mib = _high_water_mib(pid)
+                    if mib is not None:
+                        known = peaks.get(pid)
+                        run = known[2] if known else _flow_run_id(pid)
+                        peaks[pid] = (max(mib, known[0] if known else 0.0), depth, run)
+                state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
+                if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
+                time.sleep(0.2)
+            seconds = time.monotonic() - started
+        finally:
+            tree = _proc_tree()
+            doomed = [worker.pid, *_descendants(worker.pid, tree)]
+            for pid in doomed:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            worker.wait()
+    # Flow-run processes are the worker's children; deeper ones are their helpers (the
+    # dataset writer's child).
+    runs = {pid: (mib, run) for pid, (mib, depth, run) in peaks.items() if depth == 1 and run}
+    night = [mib for mib, run in runs.values() if run == run_id]
+    batches = [mib for mib, run in runs.values() if run != run_id]
+    helpers = [mib for mib, depth, _ in peaks.values() if depth > 1]
+    return WorkerNight(seconds, state, max(night, default=0.0), batches, max(helpers, default=0.0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", choices=("limited", "instant", "nights", "sdk"), action="append")
+    parser.add_argument("--only", choices=("limited", "instant", "nights", "workers", "sdk"), action="append")
     parser.add_argument("--skip-sdk", action="store_true")
     parser.add_argument("--nights", default="100,2000", help="night sizes for the memory comparison")
     parser.add_argument(
@@ -514,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.profile:
         os.environ["BENCH_PROFILE"] = str(Path(args.profile).resolve())
-    wanted = set(args.only or ["limited", "instant", "nights", "sdk"]) - ({"sdk"} if args.skip_sdk else set())
+    wanted = set(args.only or ["limited", "instant", "nights", "workers", "sdk"]) - (
+        {"sdk"} if args.skip_sdk else set()
+    )
     files = workload()
     durations = [d for _, d in files]
     print(f"workload: {len(files)} recordings, {sum(durations) / 3600:.2f} h of audio, 8 kHz; 2 cores")
@@ -558,16 +744,38 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "nights" in wanted:
             sizes = [int(n) for n in args.nights.split(",")]
-            peaks = []
+            peaks, child_peaks = [], []
             for n in sizes:
                 clips = [(f"n{n}/clip-{i:05d}.wav", 12.0 + i % 7) for i in range(n)]
                 run = scenario(f"night-{n}", root, sw, api, clips, RAISED_LIMITS, INSTANT)
                 peaks.append(run.peak_mib)
+                child_peaks.append(run.children_peak_mib)
                 print(
-                    f"\n[night of {n}] {run.seconds:.1f} s, peak RSS {run.peak_mib:.0f} MiB, completed {run.result.get('completed')}"
+                    f"\n[night of {n}] {run.seconds:.1f} s, peak RSS {run.peak_mib:.0f} MiB (its dataset child "
+                    f"{run.children_peak_mib:.0f} MiB), completed {run.result.get('completed')}"
                 )
             print(
-                f"  peak RSS {sizes[-1]} vs {sizes[0]} recordings: {peaks[-1] / peaks[0]:.2f}x (target <= 1.0x, flat)"
+                f"  peak RSS {sizes[-1]} vs {sizes[0]} recordings: {peaks[-1] / peaks[0]:.2f}x (target <= 1.0x, flat); "
+                f"the dataset child's {child_peaks[-1] / child_peaks[0]:.2f}x"
+            )
+        if "workers" in wanted:
+            sizes = [int(n) for n in args.nights.split(",")]
+            deployed: list[bool] = []
+            tops = []
+            print("\n[workers] the same nights on a process worker, handed to the pool in batches of 50")
+            for n in sizes:
+                w = worker_night(n, root, sw, api, deployed)
+                top = max([w.night_mib, *w.batch_mib])
+                tops.append(top)
+                print(
+                    f"  night of {n}: {w.seconds:.1f} s, {w.state.lower()}; peak RSS of the night's process "
+                    f"{w.night_mib:.0f} MiB, of its {len(w.batch_mib)} batch processes "
+                    f"{min(w.batch_mib, default=0):.0f}-{max(w.batch_mib, default=0):.0f} MiB, of their "
+                    f"helper children {w.helper_mib:.0f} MiB"
+                )
+            print(
+                f"  largest flow-run process, {sizes[-1]} vs {sizes[0]} recordings: {tops[-1] / tops[0]:.2f}x "
+                "(target <= 1.0x, flat)"
             )
         if "sdk" in wanted:
             print("\n[sdk] the seed's batch example, public valenceai SDK, Valence only, limited workload")
