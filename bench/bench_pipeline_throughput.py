@@ -586,8 +586,10 @@ def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
     return resp.json() if resp.content else None
 
 
-def deploy(api_url: str, env: dict[str, str]) -> None:
-    """The pool and `prefect deploy --all`, as the README's deploy steps go."""
+def deploy(api_url: str) -> None:
+    """The pool and `prefect deploy --all`, as the README's deploy steps go (the deployments'
+    `{{ $VAR }}` placeholders are filled from the worker's environment, not this one)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url}
     for args in (["work-pool", "create", POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
         done = subprocess.run(
             [PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
@@ -605,7 +607,7 @@ class WorkerNight:
     helper_mib: float
 
 
-def worker_night(n: int, root: Path, sw: Any, api_url: str, deployed: list[bool]) -> WorkerNight:
+def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
     """A night of `n` recordings on a process worker, the night handed to the pool in batches
     (`process-batch` runs, as the `nightly` deployment of prefect.yaml does): the peak RSS of
     every flow-run process the worker starts (its VmHWM, read every 0.2 s while it lives)."""
@@ -635,9 +637,6 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str, deployed: list[bool]
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         }
-        if not deployed:
-            deploy(api_url, env)
-            deployed.append(True)
         nightly = _api(api_url, "GET", "/deployments/name/nightly-ingest/nightly")
         body = {"parameters": {"source": [f"s3://{bucket}/"], "trigger": "manual"}}
         worker = subprocess.Popen(
@@ -760,11 +759,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "workers" in wanted:
             sizes = [int(n) for n in args.nights.split(",")]
-            deployed: list[bool] = []
+            deploy(api)
             tops = []
             print("\n[workers] the same nights on a process worker, handed to the pool in batches of 50")
             for n in sizes:
-                w = worker_night(n, root, sw, api, deployed)
+                w = worker_night(n, root, sw, api)
                 top = max([w.night_mib, *w.batch_mib])
                 tops.append(top)
                 print(
