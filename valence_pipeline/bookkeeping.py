@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -62,6 +62,14 @@ EXPORT_CHUNK = 250
 """Recordings per dataset commit."""
 WAITING_JOBS = (JobStatus.SUBMITTED, JobStatus.PROCESSING)
 JOB_FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.UNKNOWN)
+
+
+class ContentClaim(NamedTuple):
+    """Who pays for a recording's bytes (see `PipelineStore.take_content`)."""
+
+    action: Literal["reuse", "wait", "go"]
+    twin: str | None
+    """The URI of the recording whose results are reused or awaited."""
 
 
 def utcnow() -> dt.datetime:
@@ -376,23 +384,17 @@ class PipelineStore:
         with self.store.session_scope() as s:
             repo.set_recording_status(s, recording_id, RecordingStatus.FAILED, reason=reason)
 
-    def reuse_results(self, recording_id: int, sha256: str, run_id: str) -> str | None:
-        """Link to a recording with the same bytes whose results are stored; returns its URI."""
-        with self.store.session_scope() as s:
-            source = repo.find_completed_by_sha256(s, sha256, exclude_recording_id=recording_id)
-            if source is None:
-                return None
-            repo.record_reuse(s, recording_id=recording_id, source_recording_id=source.id, flow_run_id=run_id)
-            # Stored, not completed: the dataset commit still has to take it in.
-            repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
-            return f"s3://{source.bucket}/{source.key}"
+    def take_content(self, recording_id: int, sha256: str, run_id: str) -> ContentClaim:
+        """Decide, in one transaction, who pays for these bytes: reuse the stored results of a
+        recording with the same bytes ("reuse"); wait for a twin that is taking them to the
+        providers ("wait"); or become that recording ("go", now `uploading`).
 
-    def take_content(self, recording_id: int, sha256: str) -> str | None:
-        """Become the one recording that takes these bytes to the providers, unless another
-        recording with the same bytes already is (returns its URI: wait for its results).
-
+        One transaction, because a twin can move from in flight to stored between two: checked
+        apart, the stored-results lookup can miss it while it is still in flight and the
+        in-flight lookup miss it once it is stored, and the bytes are paid twice (CI saw it).
         Every recording with this checksum is locked in id order first (PostgreSQL; SQLite
-        holds the write lock), so two workers checking twins at once cannot both go ahead."""
+        holds the write lock from BEGIN IMMEDIATE), so two workers checking twins at once
+        cannot both go ahead."""
         with self.store.session_scope() as s:
             rows = s.execute(
                 sa.select(Recording.id, Recording.status, Recording.bucket, Recording.key)
@@ -400,11 +402,19 @@ class PipelineStore:
                 .order_by(Recording.id)
                 .with_for_update()
             ).all()
+            source = repo.find_completed_by_sha256(s, sha256, exclude_recording_id=recording_id)
+            if source is not None:
+                repo.record_reuse(
+                    s, recording_id=recording_id, source_recording_id=source.id, flow_run_id=run_id
+                )
+                # Stored, not completed: the dataset commit still has to take it in.
+                repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
+                return ContentClaim("reuse", f"s3://{source.bucket}/{source.key}")
             for row in rows:
                 if row.id != recording_id and row.status in IN_FLIGHT:
-                    return f"s3://{row.bucket}/{row.key}"
+                    return ContentClaim("wait", f"s3://{row.bucket}/{row.key}")
             repo.set_recording_status(s, recording_id, RecordingStatus.UPLOADING)
-            return None
+            return ContentClaim("go", None)
 
     def failed_object_versions(self, limit: int | None) -> list[ObjectVersion]:
         query = sa.select(Recording).where(Recording.status == RecordingStatus.FAILED).order_by(Recording.id)

@@ -465,15 +465,18 @@ class Engine:
         if state.status != "accepted":
             return state  # already under way: plan to resume what is missing
         assert state.sha256 is not None and state.info is not None
-        source = self.store.reuse_results(rid, state.sha256, self.scope.run_id)
-        if source is not None:
-            log.info("%s has the same content as %s: reusing its results, nothing paid", state.uri, source)
+        claim = self.store.take_content(rid, state.sha256, self.scope.run_id)
+        if claim.action == "reuse":
+            log.info(
+                "%s has the same content as %s: reusing its results, nothing paid", state.uri, claim.twin
+            )
             self._stored(rid)
             self._let_go(rid)
             return None
-        twin = self.store.take_content(rid, state.sha256)
-        if twin is not None:
-            log.info("%s has the same content as %s, in flight: waiting for its results", state.uri, twin)
+        if claim.action == "wait":
+            log.info(
+                "%s has the same content as %s, in flight: waiting for its results", state.uri, claim.twin
+            )
             self.later.push(self.clock() + self.settings.twin_wait_s, "take_on", rid)
             return None
         if not self.store.reserve_audio(self.scope.run_id, state.info.duration_s):

@@ -219,6 +219,47 @@ def test_two_keys_with_the_same_bytes_in_one_run_are_paid_once(
     store.dispose()
 
 
+def test_a_twin_is_waited_for_or_reused_whatever_it_has_reached_never_paid_again(migrated_url: str) -> None:
+    """Who pays for a recording's bytes is decided in one transaction. CI caught the two-step
+    version paying twice: the copy looked for stored results while its twin was still
+    submitted, the twin's last job was stored, then the copy looked for a twin in flight and
+    found none."""
+    from results_store import repository as repo
+    from results_store.models import RecordingStatus
+    from tests.store.factories import RUN_ID, process, recording_in, start_run
+    from valence_pipeline.bookkeeping import PipelineStore
+
+    original = recording_in(1)
+    sha = original.sha256
+    assert sha is not None
+    pipeline = PipelineStore(migrated_url)
+    with pipeline.store.session_scope() as s:
+        start_run(s)
+        twin = repo.upsert_recording(s, original)
+        copy = repo.upsert_recording(s, recording_in(2, sha256=sha, key="copies/call-0002.wav"))
+        alone = repo.upsert_recording(s, lone := recording_in(3))
+    twin_uri = twin.uri
+    # The first to ask takes the bytes to the providers; a twin asking while it does waits.
+    assert pipeline.take_content(twin.id, sha, RUN_ID) == ("go", None)
+    for status in (RecordingStatus.UPLOADING, RecordingStatus.SUBMITTED):
+        with pipeline.store.session_scope() as s:
+            repo.set_recording_status(s, twin.id, status)
+        assert pipeline.take_content(copy.id, sha, RUN_ID) == ("wait", twin_uri)
+    # The twin's results are stored (not yet in the dataset): the copy reuses them, unpaid.
+    with pipeline.store.session_scope() as s:
+        process(s, twin)
+        repo.set_recording_status(s, twin.id, RecordingStatus.STORED)
+    assert pipeline.take_content(copy.id, sha, RUN_ID) == ("reuse", twin_uri)
+    assert lone.sha256 is not None
+    assert pipeline.take_content(alone.id, lone.sha256, RUN_ID) == ("go", None)
+    with pipeline.store.session_scope() as s:
+        assert repo.get_recording(s, copy.id).status is RecordingStatus.STORED
+        assert repo.get_recording(s, alone.id).status is RecordingStatus.UPLOADING
+        timeline = repo.timeline_for_uri(s, copy.uri)
+    assert timeline is not None and len(timeline.segments) == 4
+    pipeline.store.dispose()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_valsea_out_of_credits_is_a_fact_of_the_run_not_of_the_process(
     monkeypatch: pytest.MonkeyPatch,
