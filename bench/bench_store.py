@@ -10,10 +10,10 @@ is an update), local folder; SQLite (a temporary file) and PostgreSQL (a throwaw
 $VALENCE_PIPELINE_TEST_POSTGRES_URL, default the local `test` database; reported as skipped
 if unreachable). Rows go through the calls the pipeline makes: `save_timelines` for
 `--jobs-per-transaction` provider jobs per transaction (COPY on PostgreSQL, executemany on
-SQLite), and `DatasetWriter.add_emotion_segments` per recording then one `commit()` (a merge). Only those calls are
+SQLite), and `DatasetWriter.add_emotion_segments` per recording then one `commit()` (replacing the run's recordings' rows). Only those calls are
 timed; building the input rows is not. Each target's row count is read back and checked. The
 Parquet and Delta targets share the record -> Arrow conversion (most of their time); their notes
-give the write or merge alone.
+give the write or the commit alone.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def segment_records(recording: int, n: int, rng: random.Random) -> list[EmotionS
 
 def bench_delta(recordings: int, per_recording: int, workdir: Path) -> list[Outcome]:
     """The dataset writer: one `DatasetWriter` per run, rows added per recording, one commit
-    (a Delta merge on the natural key); then the same run again, where every row matches."""
+    (replacing the rows of the run's recordings); then the same run again, where every row is replaced."""
     root = str(workdir / "delta")
     outcomes = []
     for target in ("delta", "delta-rerun"):
@@ -137,11 +137,11 @@ def bench_delta(recordings: int, per_recording: int, workdir: Path) -> list[Outc
                 target,
                 written,
                 elapsed,
-                f"version {result.versions['emotion_segments']}, {files} file(s), merge {committing:.2f} s",
+                f"version {result.versions['emotion_segments']}, {files} file(s), commit {committing:.2f} s",
             )
         )
-    # One more small run (an upload event's worth) into the now large table: the merge reads
-    # the table's key columns to find matches, so this shows the cost per run at that size.
+    # One more small run (an upload event's worth) into the now large table: the cost of a
+    # run's commit once the table is large (it reads only files that can hold its recordings).
     rng = random.Random(2)
     small = max(1, recordings // 1000)
     writer = dataset.DatasetWriter(root, "bench-small-run")

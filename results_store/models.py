@@ -6,7 +6,7 @@ values, built from ORM rows by `repository.dataset_rows`) and a `DatasetTable` h
 versioned Arrow schema. Keeping them together is what lets a test check that the dataset and
 the database agree row for row, and makes a schema change a one-file diff plus a migration.
 
-Natural keys (what idempotent upserts conflict on, in the database and in the dataset's merges):
+Natural keys (what idempotent upserts conflict on in the database; one row per key in the dataset):
   recordings        bucket + key + object_version (version id, or "etag:<etag>" when unversioned)
   provider_jobs     provider + external_id
   emotion_segments  job_id + segment_index       prosody_utterances  job_id + utterance_index
@@ -184,7 +184,9 @@ class DatasetTable:
     path (`processing_date=2025-01-02/provider=valence/`) and in the Delta log, and readers add
     them back. `record` is the row type the writer accepts; its fields are the file columns
     minus `run_id` (stamped by the writer) plus any per-row partition column. `natural_key` is
-    what a re-run's rows are merged on (one row per key); see `merge_key` when it is left empty.
+    one row's identity: a commit holds one row per key (a later row of the same key replaces an
+    earlier one); see `row_key` when it is left empty. A commit replaces all of its recordings'
+    earlier rows, so a re-run's rows take the old ones' place.
     """
 
     name: str
@@ -195,7 +197,7 @@ class DatasetTable:
     natural_key: tuple[str, ...] = ()
 
     @property
-    def merge_key(self) -> tuple[str, ...]:
+    def row_key(self) -> tuple[str, ...]:
         """`natural_key`, or by default `recording_id` plus whichever of `provider_job_id`,
         `channel` and `*_index` columns the table has (one row per recording, job/channel, item)."""
         if self.natural_key:
@@ -628,7 +630,7 @@ class Lineage(Base):
     it) or a set of database rows (`output_uri` is `db:<table>?job_id=<id>`). `kind=reused_from`
     records that a recording's results are another recording's (same SHA-256):
     `source_recording_id` and `job_id` point at what was reused, so nothing was paid twice.
-    Rows move between files when a merge rewrites a file or compaction merges files; lineage
+    Rows move between files when a commit rewrites a file or compaction merges files; lineage
     follows them to the new file and version. `superseded_at` marks rows whose recording was
     re-written since: that file, read at `table_version`, still holds the old rows until vacuum.
     """

@@ -279,7 +279,7 @@ class DataFileInfo:
 
 @dataclass(frozen=True)
 class TableCommit:
-    """One Delta commit to one table (a run's merge, or a compaction).
+    """One Delta commit to one table (a run's rows, or a compaction).
 
     `added` are every data file the commit added, with the (recording, job, run) rows each
     holds; `removed` the files it took out of the table (still readable at earlier versions
