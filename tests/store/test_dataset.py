@@ -237,6 +237,36 @@ def test_two_writers_at_once_both_land(output_uri: str) -> None:
     assert dataset.table_version(output_uri, "emotion_segments") == 1 + 12
 
 
+def test_two_batches_with_interleaved_recordings_commit_at_once_and_both_land(output_uri: str) -> None:
+    """Workers claim a night's recordings one by one, so two batches' recording ids interleave
+    (1, 3, 5... and 2, 4, 6...): each commit replaces the rows of its own recordings only, even
+    where the other batch's recordings lie inside its id range, and a commit that lost a race
+    (both rewrote the same file) is re-planned. Some recordings were written before, by an
+    earlier job, and must end with the new job's rows only."""
+    write_run(output_uri, "earlier", {rid: 1000 + rid for rid in range(0, 24, 3)})
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+    final: dict[int, int] = {}
+
+    def writer(run: str, recordings: list[int]) -> None:
+        try:
+            start.wait(timeout=30)
+            for n in range(0, len(recordings), 4):  # batches of 4 recordings, with gaps
+                write_run(output_uri, run, {rid: rid for rid in recordings[n : n + 4]})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    odd, even = list(range(1, 24, 2)), list(range(0, 24, 2))
+    final.update({rid: rid for rid in odd + even})
+    threads = [threading.Thread(target=writer, args=(run, ids)) for run, ids in (("a", odd), ("b", even))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert_both_engines_see(output_uri, expected_keys(final))
+
+
 def test_compaction_merges_small_files_and_vacuum_honours_retention(output_uri: str) -> None:
     for rid in range(1, 5):  # four upload-event runs: four small files in one partition
         write_run(output_uri, f"run-{rid}", {rid: rid})
