@@ -41,14 +41,13 @@ import argparse
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -533,51 +532,6 @@ def fresh_postgres_database(name: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _proc_tree() -> dict[int, int]:
-    """pid -> parent pid of every process."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _descendants(pid: int, tree: dict[int, int]) -> dict[int, int]:
-    """Descendants of `pid` -> their depth below it (1: its children)."""
-    found: dict[int, int] = {}
-    frontier = [(pid, 0)]
-    while frontier:
-        parent, depth = frontier.pop()
-        for child, pp in tree.items():
-            if pp == parent and child not in found:
-                found[child] = depth + 1
-                frontier.append((child, depth + 1))
-    return found
-
-
-def _high_water_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _flow_run_id(pid: int) -> str | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for entry in env:
-        if entry.startswith(b"PREFECT__FLOW_RUN_ID="):
-            return entry.split(b"=", 1)[1].decode()
-    return None
-
-
 def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
     import requests
 
@@ -612,6 +566,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
     (`process-batch` runs, as the `nightly` deployment of prefect.yaml does): the peak RSS of
     every flow-run process the worker starts (its VmHWM, read every 0.2 s while it lives)."""
     from emulator.process import EmulatorProcess
+    from localstack.processes import descendants, environ_value, high_water_mib, kill_all
     from results_store.db import upgrade
 
     name = f"workers-{n}"
@@ -650,11 +605,11 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
             run_id = _api(api_url, "POST", f"/deployments/{nightly['id']}/create_flow_run", body)["id"]
             state = ""
             while time.monotonic() - started < 3600:
-                for pid, depth in _descendants(worker.pid, _proc_tree()).items():
-                    mib = _high_water_mib(pid)
+                for pid, (depth, _) in descendants(worker.pid).items():
+                    mib = high_water_mib(pid)
                     if mib is not None:
                         known = peaks.get(pid)
-                        run = known[2] if known else _flow_run_id(pid)
+                        run = known[2] if known else environ_value(pid, "PREFECT__FLOW_RUN_ID")
                         peaks[pid] = (max(mib, known[0] if known else 0.0), depth, run)
                 state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
                 if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
@@ -662,11 +617,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
                 time.sleep(0.2)
             seconds = time.monotonic() - started
         finally:
-            tree = _proc_tree()
-            doomed = [worker.pid, *_descendants(worker.pid, tree)]
-            for pid in doomed:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_all([worker.pid, *descendants(worker.pid)])
             worker.wait()
     # Flow-run processes are the worker's children; deeper ones are their helpers (the
     # dataset writer's child).

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from localstack.processes import alive, descendants, environ_value
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.deployments.test_prefect_server import POOL, deployment, worker_env
@@ -40,34 +41,6 @@ def settings_env(per_minute: int, **extra: str) -> dict[str, str]:
         "VALENCE_PIPELINE_LEASE_S": "8",
         **extra,
     }
-
-
-def _parents() -> dict[int, int]:
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            out[int(stat.parent.name)] = int(fields[1])
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    parents = _parents()
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class Workers:
@@ -108,9 +81,9 @@ class Workers:
         """Flow runs whose process this worker started and that still run."""
         out = set()
         for pid in descendants(self.procs[name].pid):
-            with contextlib.suppress(OSError):
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                out |= {e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"PREFECT__FLOW_RUN_ID=")}
+            run = environ_value(pid, "PREFECT__FLOW_RUN_ID")
+            if run is not None:
+                out.add(run)
         return out
 
     def ran(self, name: str) -> set[str]:

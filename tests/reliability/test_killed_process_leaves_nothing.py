@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from localstack.processes import alive, descendants, kill_all
 from localstack.sample_data import SampleRecording, upload_samples
 from localstack.seaweedfs import SeaweedFS
 from tests.pipeline.helpers import child_flow_env, configure
@@ -25,32 +26,9 @@ from tests.pipeline.helpers import child_flow_env, configure
 CLI = str(Path(sys.executable).with_name("valence-pipeline"))
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """Live (not zombie) processes: pid -> (parent pid, command line)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            found[int(stat.parent.name)] = (int(fields[1]), cmdline)
-    return found
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Every live process started by `pid`, at any depth (whatever session it chose)."""
-    procs = _processes()
-    found: dict[int, str] = {}
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, cmdline) in procs.items():
-            if ppid == parent and child not in found:
-                found[child] = cmdline
-                frontier.append(child)
-    return found
+def started_by(pid: int) -> dict[int, str]:
+    """Every live process started by `pid`, at any depth: pid -> command line."""
+    return {child: d.cmdline for child, d in descendants(pid).items()}
 
 
 def wait_until_gone(pids: dict[int, str], timeout_s: float = 30) -> dict[int, str]:
@@ -59,17 +37,8 @@ def wait_until_gone(pids: dict[int, str], timeout_s: float = 30) -> dict[int, st
     left = dict(pids)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = _processes()
-        left = {pid: c for pid, c in left.items() if pid in alive}
+        left = {pid: c for pid, c in left.items() if alive(pid)}
     return left
-
-
-def _stop_all(pids: dict[int, str]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_a_killed_run_leaves_no_temporary_server_behind(
@@ -101,13 +70,13 @@ def test_a_killed_run_leaves_no_temporary_server_behind(
         ):
             assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.2)
-            members = descendants(run.pid)
+            members = started_by(run.pid)
         assert any("create_app" in c for c in members.values()), members  # its temporary server
         os.kill(run.pid, signal.SIGKILL)  # the run's process only, as the OOM killer would
         run.wait()
         assert wait_until_gone(members) == {}
     finally:
-        _stop_all({**members, **descendants(run.pid)})
+        kill_all({**members, **started_by(run.pid)})
         if run.poll() is None:
             run.kill()
         run.wait()
@@ -136,14 +105,14 @@ def test_a_killed_demo_leaves_no_store_or_emulator_behind(tmp_path: Path) -> Non
     try:
         assert starter.stdout is not None
         assert starter.stdout.readline() == b"up\n"
-        members = descendants(starter.pid)
+        members = started_by(starter.pid)
         assert any(" mini " in c for c in members.values()), members  # SeaweedFS
         assert any("commands.main emulator" in c for c in members.values()), members
         os.kill(starter.pid, signal.SIGKILL)
         starter.wait()
         assert wait_until_gone(members) == {}
     finally:
-        _stop_all({**members, **descendants(starter.pid)})
+        kill_all({**members, **started_by(starter.pid)})
         if starter.poll() is None:
             starter.kill()
         starter.wait()
