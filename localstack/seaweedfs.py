@@ -35,6 +35,9 @@ _PORT_FLAGS = (
 )  # fmt: skip
 
 
+WEED_SOCKET_DIR = Path("/tmp")  # noqa: S108 - where weed mini puts its sockets, not ours to choose
+
+
 def weed_binary() -> str:
     """The `weed` executable installed next to this interpreter (or on PATH)."""
     candidate = Path(sys.executable).with_name("weed")
@@ -152,6 +155,12 @@ class SeaweedFS:
     def stop(self) -> None:
         proc, self.process = self.process, None
         stop_process(proc)
+        if proc is not None:
+            # weed mini opens a unix socket per service in /tmp whatever TMPDIR says, named by
+            # the service's port (/tmp/seaweedfs-s3-<port>.sock), and leaves them behind.
+            for port in self.ports.values():
+                for sock in WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"):
+                    sock.unlink(missing_ok=True)
 
     def __enter__(self) -> SeaweedFS:
         return self.start()
