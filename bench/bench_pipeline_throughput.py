@@ -565,6 +565,8 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
     """A night of `n` recordings on a process worker, the night handed to the pool in batches
     (`process-batch` runs, as the `nightly` deployment of prefect.yaml does): the peak RSS of
     every flow-run process the worker starts (its VmHWM, read every 0.2 s while it lives)."""
+    import requests
+
     from emulator.process import EmulatorProcess
     from localstack.processes import descendants, environ_value, high_water_mib, kill_all
     from results_store.db import upgrade
@@ -591,6 +593,8 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
             "VALENCE_PIPELINE_REPOSITORY": f"file://{REPO}",  # the pull step clones what is committed
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            # Prefect's per-run workspaces: in the bench's folder, removed with it.
+            "TMPDIR": str(workdir),
         }
         nightly = _api(api_url, "GET", "/deployments/name/nightly-ingest/nightly")
         body = {"parameters": {"source": [f"s3://{bucket}/"], "trigger": "manual"}}
@@ -611,7 +615,13 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
                         known = peaks.get(pid)
                         run = known[2] if known else environ_value(pid, "PREFECT__FLOW_RUN_ID")
                         peaks[pid] = (max(mib, known[0] if known else 0.0), depth, run)
-                state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
+                try:
+                    state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
+                except requests.RequestException as exc:
+                    # The temporary server's SQLite stalls under a night of batch runs (a read
+                    # took over 30 s once): ask again, the night goes on regardless.
+                    print(f"  (the server did not answer a state poll: {type(exc).__name__}; asking again)")
+                    continue
                 if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                     break
                 time.sleep(0.2)

@@ -31,7 +31,15 @@ def worker_env(
     from results_store.db import upgrade
 
     upgrade(database_url)
-    return server.env(**pipeline_env(sw, emu, database_url, out), VALENCE_PIPELINE_REPOSITORY=repository)
+    # Prefect's per-run workspaces and runner storage go to the temporary directory; a flow run
+    # killed by a test cannot remove its own, so they land in the test's folder, not in /tmp.
+    scratch = out.parent / "worker-tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    return server.env(
+        **pipeline_env(sw, emu, database_url, out),
+        VALENCE_PIPELINE_REPOSITORY=repository,
+        TMPDIR=str(scratch),
+    )
 
 
 def deployment(server: PrefectServer, name: str) -> dict[str, Any]:
