@@ -149,8 +149,8 @@ def test_dataset_show_reads_the_newest_version_or_an_earlier_one(
         ["dataset", "history", "emotion_segments", "--output-uri", local_output_uri], capsys
     )
     assert code == 0 and [line.split("\t")[2] for line in out.splitlines()] == [
-        "MERGE",
-        "MERGE",
+        "WRITE",
+        "WRITE",
         "CREATE TABLE",
     ]
     assert out.splitlines()[0].endswith("run run-later")
