@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,9 +37,9 @@ def process_table() -> dict[int, tuple[int, str]]:
     return found
 
 
-def descendants(pid: int, table: Mapping[int, tuple[int, str]] | None = None) -> dict[int, Descendant]:
+def descendants(pid: int) -> dict[int, Descendant]:
     """Every live process started by `pid`, at any depth."""
-    procs = process_table() if table is None else table
+    procs = process_table()
     found: dict[int, Descendant] = {}
     frontier = [(pid, 0)]
     while frontier:

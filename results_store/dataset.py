@@ -299,10 +299,10 @@ def _replace(output_uri: str, loc: Location, spec: DatasetTable, data: pa.Table,
 
     Not a `merge` on the natural key: a merge that must also delete the earlier jobs' rows
     (`when_not_matched_by_source_delete`) reads every file of the table, so each commit grew
-    with the whole dataset, in time and in memory (a night's dataset process gained ~3 MiB a
-    commit: 282 -> 344 MiB over 16 commits of 250 recordings, against 279 -> 301 this way,
-    and each commit ~2x slower). This reads only the files whose `recording_id` range can
-    hold the commit's recordings."""
+    with the whole dataset, in time and in memory (`bench/bench_dataset_commits.py`: 16
+    commits of 250 recordings, 271 -> 330 MiB and 2.39 s as a merge, 266 -> 285 MiB and
+    1.00 s this way). This reads only the files whose `recording_id` range can hold the
+    commit's recordings."""
     from deltalake import CommitProperties, WriterProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError
 

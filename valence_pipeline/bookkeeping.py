@@ -409,7 +409,7 @@ class PipelineStore:
                 )
                 # Stored, not completed: the dataset commit still has to take it in.
                 repo.set_recording_status(s, recording_id, RecordingStatus.STORED)
-                return ContentClaim("reuse", f"s3://{source.bucket}/{source.key}")
+                return ContentClaim("reuse", source.uri)
             for row in rows:
                 if row.id != recording_id and row.status in IN_FLIGHT:
                     return ContentClaim("wait", f"s3://{row.bucket}/{row.key}")
