@@ -198,10 +198,12 @@ def night_pictures(
     *,
     only_escalated: bool = False,
     max_calls: int | None = None,
+    calls: Sequence[CallSummary] | None = None,
 ) -> list[Picture]:
     """The distribution of the night, then each call's timeline (escalated calls first; at most
-    `max_calls` timelines)."""
-    calls = calls_on(session, day)
+    `max_calls` timelines). `calls`: the night's calls when the caller has read them already."""
+    if calls is None:
+        calls = calls_on(session, day)
     pictures = [Picture("distribution.png", f"Emotions of {day.isoformat()}", distribution_png(calls))]
     ordered = sorted(calls, key=lambda c: (not _escalated(c), c.uri))
     for c in ordered:
@@ -237,13 +239,15 @@ def publish_night(
     the nightly run does not make every night wait for. The flow publishes the markdown with
     `create_markdown_artifact(markdown, key=...)`.
     """
+    calls = calls_on(session, day)  # once: the pictures and the heading both need them
     if every_call:
-        pictures = night_pictures(session, day, settings)
+        pictures = night_pictures(session, day, settings, calls=calls)
     else:
-        pictures = night_pictures(session, day, settings, only_escalated=True, max_calls=ARTIFACT_MAX_CALLS)
+        pictures = night_pictures(
+            session, day, settings, only_escalated=True, max_calls=ARTIFACT_MAX_CALLS, calls=calls
+        )
     uris = write_pictures(settings.output_uri, day, pictures)
     shown = [pictures[0], *[p for p in pictures[1:] if "(escalated" in p.caption][:ARTIFACT_MAX_CALLS]]
-    calls = calls_on(session, day)
     escalated = sum(1 for c in calls if _escalated(c))
     heading = f"Emotions of {day.isoformat()}: {len(calls)} calls, {escalated} escalated"
     markdown = artifact_markdown(shown, heading=heading)

@@ -177,7 +177,6 @@ def pictures_markdown(day: dt.date) -> str:
     fails the run: the summary says why it has no pictures."""
     import sqlalchemy as sa
 
-    from analytics.pictures import publish_night
     from analytics.store import CALL_SCOPE
     from results_store.models import CallAnalyticsRow
 
@@ -197,6 +196,10 @@ def pictures_markdown(day: dt.date) -> str:
                     f"_{calls} calls on {day}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS ({limit}), "
                     "not drawn here._"
                 )
+            # Imported only to draw: matplotlib adds ~20 MiB to the child, which a night with
+            # too many calls to draw would carry for nothing.
+            from analytics.pictures import publish_night
+
             _, markdown = publish_night(session, day, rt.settings, every_call=False)
             return markdown
     except Exception as exc:  # noqa: BLE001 - pictures are a view: the night's results stand

@@ -111,3 +111,66 @@ def test_the_nightly_summary_draws_the_day_up_to_the_configured_number_of_calls(
         drawn(2) == f"_3 calls on {DAY}: more than VALENCE_PIPELINE_PICTURES_MAX_CALLS (2), not drawn here._"
     )
     assert drawn(3, day + dt.timedelta(days=1)) == ""  # a day without calls: no pictures
+
+
+def test_a_night_with_too_many_calls_to_draw_does_not_load_the_drawing_library(tmp_path: Any) -> None:
+    """matplotlib is ~20 MiB of the dataset child: a night over `pictures_max_calls` must not
+    carry it (a fresh interpreter, so what the test session imported does not count)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.analytics.night import DAY, build_night
+
+    url = build_night(tmp_path)  # three calls on DAY
+    code = f"""
+import datetime as dt, json, sys
+from tasks.dataset_child import pictures_markdown
+from valence_pipeline.runtime import Runtime, reset_runtime
+from valence_pipeline.settings import Settings
+settings = Settings(_env_file=None, database_url={url!r}, output_uri={str(tmp_path / "out")!r}, pictures_max_calls=%d)
+reset_runtime(Runtime(settings))
+shown = pictures_markdown(dt.date.fromisoformat({DAY!r}))
+print(json.dumps({{"shown": shown, "matplotlib": "matplotlib" in sys.modules}}))
+"""
+
+    def child(max_calls: int) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-c", code % max_calls], capture_output=True, text=True, check=True, timeout=120
+        )
+        answer: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return answer
+
+    over = child(2)
+    assert over["shown"].startswith("_3 calls on") and over["matplotlib"] is False
+    drawn = child(3)
+    assert "data:image/png" in drawn["shown"] and drawn["matplotlib"] is True
+
+
+def test_publishing_a_night_reads_its_calls_once(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pictures and the artifact's heading share one read of the day's calls (the
+    `report` command draws every call of a day, however many)."""
+    import datetime as dt
+
+    import analytics.pictures as pictures
+    from results_store import db
+    from tests.analytics.night import DAY, build_night
+
+    url = build_night(tmp_path)
+    reads: list[dt.date] = []
+    real = pictures.calls_on
+
+    def counted(session: Any, day: dt.date, **kw: Any) -> Any:
+        reads.append(day)
+        return real(session, day, **kw)
+
+    monkeypatch.setattr(pictures, "calls_on", counted)
+    settings = Settings(_env_file=None, database_url=url, output_uri=str(tmp_path / "out"))
+    store = db.Store(url)
+    try:
+        with store.session_scope() as s:
+            _, markdown = pictures.publish_night(s, dt.date.fromisoformat(DAY), settings)
+    finally:
+        store.dispose()
+    assert f"Emotions of {DAY}: 3 calls, 2 escalated" in markdown
+    assert reads == [dt.date.fromisoformat(DAY)]
