@@ -25,10 +25,11 @@ inside the child, so the Prefect server's start-up is not counted):
 - nights: peak RSS of a 100-recording and a 2,000-recording night (short clips, instant
   emulator): memory must not grow with the night. Printed for the flow process and for its
   largest child (the run's dataset child, which writes the dataset and draws the pictures).
-- workers: the same nights deployed (`prefect deploy --all` on the bench's server, results in
-  a fresh PostgreSQL database) and run by one process worker, the night handed to the pool in
-  `process-batch` runs: the peak RSS of every flow-run process the worker starts (the night's,
-  each batch's) and of their children.
+- workers: the same nights deployed (`prefect deploy --all` on a `prefect server start` backed
+  by PostgreSQL, `localstack/prefect_server.py`; results in a fresh PostgreSQL database) and
+  run by one process worker, the night handed to the pool in `process-batch` runs: the peak
+  RSS of every flow-run process the worker starts (the night's, each batch's) and of their
+  children.
 - sdk: the seed's batch example (public `valenceai` SDK: upload all, then `emotions()` each,
   Valence only) on the limited workload: as written, and wrapped in a sleep-and-retry on 429.
 
@@ -618,8 +619,8 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
                 try:
                     state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
                 except requests.RequestException as exc:
-                    # The temporary server's SQLite stalls under a night of batch runs (a read
-                    # took over 30 s once): ask again, the night goes on regardless.
+                    # A loaded 2-core machine can stall the server past the read timeout: ask
+                    # again, the night goes on regardless.
                     print(f"  (the server did not answer a state poll: {type(exc).__name__}; asking again)")
                     continue
                 if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
@@ -719,12 +720,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"the dataset child's {child_peaks[-1] / child_peaks[0]:.2f}x"
             )
         if "workers" in wanted:
+            from localstack.prefect_server import prefect_server
+
             sizes = [int(n) for n in args.nights.split(",")]
-            deploy(api)
             tops = []
             print("\n[workers] the same nights on a process worker, handed to the pool in batches of 50")
-            for n in sizes:
-                w = worker_night(n, root, sw, api)
+            (root / "prefect-server").mkdir()
+            # A deployment's server, as in production: `prefect server start` on PostgreSQL (the
+            # temporary server's SQLite answers "database is locked" under a night of batch runs).
+            with prefect_server(POSTGRES_URL, root / "prefect-server") as server:
+                deploy(server.api_url)
+                nights = [worker_night(n, root, sw, server.api_url) for n in sizes]
+            for n, w in zip(sizes, nights, strict=True):
                 top = max([w.night_mib, *w.batch_mib])
                 tops.append(top)
                 print(
