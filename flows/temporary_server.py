@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +42,34 @@ def _drain_to(server: subprocess.Popen[bytes]) -> None:
             worker.drain_all(timeout=10)
         except Exception:  # noqa: BLE001, S110 - a log line lost at exit must not fail the run
             pass
+
+
+def wait_until_healthy(
+    server: subprocess.Popen[bytes],
+    api_url: str,
+    timeout_s: float,
+    *,
+    what: str = "the Prefect server",
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Return once `api_url`/health answers; RuntimeError if `server` exits first or
+    `timeout_s` passes (with `log()`, e.g. the end of the server's log, in the message)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {server.returncode}{_then(log())}")
+        try:
+            if requests.get(f"{api_url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer in {timeout_s:.0f} s{_then(log())}")
+        time.sleep(0.1)
+
+
+def _then(text: str) -> str:
+    return f":\n{text}" if text else ""
 
 
 @contextmanager
@@ -80,18 +108,7 @@ def temporary_prefect_server(startup_timeout_s: float | None = None) -> Iterator
         timeout_s = startup_timeout_s or max(
             90.0, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
         )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"Prefect's temporary server exited with code {server.returncode}")
-            try:
-                if requests.get(f"{api_url}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Prefect's temporary server did not answer in {timeout_s:.0f} s")
-            time.sleep(0.1)
+        wait_until_healthy(server, api_url, timeout_s, what="Prefect's temporary server")
         # Child processes (the dataset child, a flow-run subprocess) inherit the address too.
         os.environ["PREFECT_API_URL"] = api_url
         try:

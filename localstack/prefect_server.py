@@ -15,7 +15,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import requests
 
+from flows.temporary_server import wait_until_healthy
 from localstack.seaweedfs import free_ports
 from valence_pipeline.processes import ending_with_this_process, stop_process
 
@@ -77,10 +77,17 @@ class PrefectServer:
         return proc
 
     def stop_workers(self) -> None:
+        # One SIGTERM each, then time: a worker answers a second SIGTERM with SIGKILL
+        # (prefect.utilities.processutils.setup_signal_handlers_worker), and a flow-run
+        # process killed so loses the log lines it has not sent yet.
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
-            stop_process(proc, timeout_s=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self.procs.clear()
 
 
@@ -118,7 +125,9 @@ def prefect_server(
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        _wait_healthy(server, proc, startup_timeout_s)
+        wait_until_healthy(
+            proc, server.api_url, startup_timeout_s, log=lambda: server.log_path.read_text()[-4000:]
+        )
         yield server
     finally:
         server.stop_workers()
@@ -126,17 +135,3 @@ def prefect_server(
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{db}" with (force)'))
         admin.dispose()
-
-
-def _wait_healthy(server: PrefectServer, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited:\n{server.log_path.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{server.api_url}/health", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"prefect server not healthy in {timeout_s} s:\n{server.log_path.read_text()[-4000:]}")
