@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +65,19 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def remove_sockets(ports: Iterable[int]) -> None:
+    """Remove the unix sockets a stopped `weed mini` left: it opens one per service in /tmp
+    whatever TMPDIR says, named by the service's port (/tmp/seaweedfs-s3-<port>.sock)."""
+    for port in ports:
+        for sock in WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
+def ports_of(cmdline: str) -> list[int]:
+    """The ports in a `weed mini` command line (`-s3.port=8333` ...)."""
+    return [int(port) for port in re.findall(r" -[a-z0-9.]*(?:port|Port)[a-z0-9.]*=(\d+)", cmdline)]
 
 
 @dataclass
@@ -156,11 +171,7 @@ class SeaweedFS:
         proc, self.process = self.process, None
         stop_process(proc)
         if proc is not None:
-            # weed mini opens a unix socket per service in /tmp whatever TMPDIR says, named by
-            # the service's port (/tmp/seaweedfs-s3-<port>.sock), and leaves them behind.
-            for port in self.ports.values():
-                for sock in WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"):
-                    sock.unlink(missing_ok=True)
+            remove_sockets(self.ports.values())
 
     def __enter__(self) -> SeaweedFS:
         return self.start()

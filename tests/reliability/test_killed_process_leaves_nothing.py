@@ -20,7 +20,7 @@ import pytest
 
 from localstack.processes import alive, descendants, kill_all
 from localstack.sample_data import SampleRecording, upload_samples
-from localstack.seaweedfs import SeaweedFS
+from localstack.seaweedfs import SeaweedFS, ports_of, remove_sockets
 from tests.pipeline.helpers import child_flow_env, configure
 
 CLI = str(Path(sys.executable).with_name("valence-pipeline"))
@@ -97,9 +97,13 @@ time.sleep(600)
 
 def test_a_killed_demo_leaves_no_store_or_emulator_behind(tmp_path: Path) -> None:
     members: dict[int, str] = {}
+    # What the killed process cannot clean up, the test does: its temporary files go to
+    # tmp_path, and weed's sockets (in /tmp whatever TMPDIR says) are removed below.
+    (tmp_path / "tmp").mkdir()
     starter = subprocess.Popen(
         [sys.executable, "-c", _STARTS_SERVICES, str(tmp_path / "sw"), str(tmp_path / "emu")],
         stdout=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
         start_new_session=True,
     )
     try:
@@ -116,3 +120,4 @@ def test_a_killed_demo_leaves_no_store_or_emulator_behind(tmp_path: Path) -> Non
         if starter.poll() is None:
             starter.kill()
         starter.wait()
+        remove_sockets(port for c in members.values() if " mini " in c for port in ports_of(c))
