@@ -51,7 +51,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from localstack.prefect_server import PrefectServer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
@@ -513,38 +516,14 @@ POSTGRES_URL = os.environ.get(
     "VALENCE_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 POOL = "valence-pipeline"
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-@contextmanager
-def fresh_postgres_database(name: str) -> Iterator[str]:
-    """A database of its own on the local PostgreSQL (several flow-run processes write at once)."""
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-        conn.execute(sa.text(f'create database "{name}"'))
-    try:
-        yield sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-        admin.dispose()
-
-
-def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
-    import requests
-
-    resp = requests.request(method, f"{api_url}{path}", json=body, timeout=30)
-    resp.raise_for_status()
-    return resp.json() if resp.content else None
-
-
-def deploy(api_url: str) -> None:
+def deploy(server: PrefectServer) -> None:
     """The pool and `prefect deploy --all`, as the README's deploy steps go (the deployments'
     `{{ $VAR }}` placeholders are filled from the worker's environment, not this one)."""
-    env = {**os.environ, "PREFECT_API_URL": api_url}
+    from localstack.prefect_server import PREFECT
+
+    env = {**os.environ, "PREFECT_API_URL": server.api_url}
     for args in (["work-pool", "create", POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
         done = subprocess.run(
             [PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
@@ -562,13 +541,14 @@ class WorkerNight:
     helper_mib: float
 
 
-def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
+def worker_night(n: int, root: Path, sw: Any, server: PrefectServer) -> WorkerNight:
     """A night of `n` recordings on a process worker, the night handed to the pool in batches
     (`process-batch` runs, as the `nightly` deployment of prefect.yaml does): the peak RSS of
     every flow-run process the worker starts (its VmHWM, read every 0.2 s while it lives)."""
     import requests
 
     from emulator.process import EmulatorProcess
+    from localstack.prefect_server import PREFECT, fresh_postgres_database
     from localstack.processes import descendants, environ_value, high_water_mib, kill_all
     from results_store.db import upgrade
 
@@ -578,7 +558,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
     bucket = f"bench-{name}"
     upload(sw, bucket, [(f"w{n}/clip-{i:05d}.wav", 12.0 + i % 7) for i in range(n)])
     with (
-        fresh_postgres_database(f"bench_{name.replace('-', '_')}") as database_url,
+        fresh_postgres_database(POSTGRES_URL, f"bench_{name.replace('-', '_')}") as database_url,
         EmulatorProcess(
             time_scale=INSTANT,
             retention_s=RETENTION_REAL_S * INSTANT,
@@ -589,7 +569,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
     ):
         upgrade(database_url)
         env = {
-            **env_for(workdir, sw, emu, api_url, RAISED_LIMITS, INSTANT),
+            **env_for(workdir, sw, emu, server.api_url, RAISED_LIMITS, INSTANT),
             "VALENCE_PIPELINE_DATABASE_URL": database_url,
             "VALENCE_PIPELINE_REPOSITORY": f"file://{REPO}",  # the pull step clones what is committed
             "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -597,7 +577,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
             # Prefect's per-run workspaces: in the bench's folder, removed with it.
             "TMPDIR": str(workdir),
         }
-        nightly = _api(api_url, "GET", "/deployments/name/nightly-ingest/nightly")
+        nightly = server.api("GET", "/deployments/name/nightly-ingest/nightly")
         body = {"parameters": {"source": [f"s3://{bucket}/"], "trigger": "manual"}}
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "4"],
@@ -607,7 +587,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
         peaks: dict[int, tuple[float, int, str | None]] = {}
         started = time.monotonic()
         try:
-            run_id = _api(api_url, "POST", f"/deployments/{nightly['id']}/create_flow_run", body)["id"]
+            run_id = server.api("POST", f"/deployments/{nightly['id']}/create_flow_run", body)["id"]
             state = ""
             while time.monotonic() - started < 3600:
                 for pid, (depth, _) in descendants(worker.pid).items():
@@ -617,7 +597,7 @@ def worker_night(n: int, root: Path, sw: Any, api_url: str) -> WorkerNight:
                         run = known[2] if known else environ_value(pid, "PREFECT__FLOW_RUN_ID")
                         peaks[pid] = (max(mib, known[0] if known else 0.0), depth, run)
                 try:
-                    state = _api(api_url, "GET", f"/flow_runs/{run_id}")["state"]["type"]
+                    state = server.api("GET", f"/flow_runs/{run_id}")["state"]["type"]
                 except requests.RequestException as exc:
                     # A loaded 2-core machine can stall the server past the read timeout: ask
                     # again, the night goes on regardless.
@@ -729,8 +709,8 @@ def main(argv: list[str] | None = None) -> int:
             # A deployment's server, as in production: `prefect server start` on PostgreSQL (the
             # temporary server's SQLite answers "database is locked" under a night of batch runs).
             with prefect_server(POSTGRES_URL, root / "prefect-server") as server:
-                deploy(server.api_url)
-                nights = [worker_night(n, root, sw, server.api_url) for n in sizes]
+                deploy(server)
+                nights = [worker_night(n, root, sw, server) for n in sizes]
             for n, w in zip(sizes, nights, strict=True):
                 top = max([w.night_mib, *w.batch_mib])
                 tops.append(top)

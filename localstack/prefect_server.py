@@ -92,6 +92,24 @@ class PrefectServer:
 
 
 @contextlib.contextmanager
+def fresh_postgres_database(postgres_url: str, name: str) -> Iterator[str]:
+    """A database of its own, `name`, on `postgres_url`'s PostgreSQL (one left by a killed
+    run is dropped first); yields its URL and drops it on exit."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        conn.execute(sa.text(f'create database "{name}"'))
+    try:
+        yield sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
 def prefect_server(
     postgres_url: str, home: Path, *, startup_timeout_s: float = 180
 ) -> Iterator[PrefectServer]:
@@ -99,39 +117,33 @@ def prefect_server(
     its workers, then it, and drop the database."""
     import sqlalchemy as sa
 
-    db = f"prefect_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'create database "{db}"'))
     port = free_ports(1)[0]
     server = PrefectServer(f"http://127.0.0.1:{port}/api", home, home / "server.log")
-    pg = sa.engine.make_url(postgres_url).set(drivername="postgresql+asyncpg", database=db)
-    env = server.env(
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=pg.render_as_string(hide_password=False),
-        PREFECT_SERVER_UI_ENABLED="false",
-        # Plan scheduled runs and evaluate triggers every second, not every minute.
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="true",
-    )
-    env.pop("PREFECT_API_URL")
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        with server.log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                ending_with_this_process(
-                    [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-                ),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until_healthy(
-            proc, server.api_url, startup_timeout_s, log=lambda: server.log_path.read_text()[-4000:]
+    with fresh_postgres_database(postgres_url, f"prefect_{uuid.uuid4().hex[:10]}") as database_url:
+        pg = sa.engine.make_url(database_url).set(drivername="postgresql+asyncpg")
+        env = server.env(
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=pg.render_as_string(hide_password=False),
+            PREFECT_SERVER_UI_ENABLED="false",
+            # Plan scheduled runs and evaluate triggers every second, not every minute.
+            PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+            PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="true",
         )
-        yield server
-    finally:
-        server.stop_workers()
-        stop_process(proc, timeout_s=30)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{db}" with (force)'))
-        admin.dispose()
+        env.pop("PREFECT_API_URL")
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with server.log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    ending_with_this_process(
+                        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+                    ),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            wait_until_healthy(
+                proc, server.api_url, startup_timeout_s, log=lambda: server.log_path.read_text()[-4000:]
+            )
+            yield server
+        finally:
+            server.stop_workers()
+            stop_process(proc, timeout_s=30)
