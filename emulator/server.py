@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 
 from emulator.config import EmulatorConfig
@@ -69,7 +71,16 @@ def serve(config: EmulatorConfig, announce: Callable[[str], None] | None = None)
                     config.faults.to_text(),
                 )
 
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn sends itself the SIGTERM it caught again once it has shut down. With the
+        # default action the process would die right there, before its exit handlers: the
+        # emulator's own data folder (no --data-dir) would stay in TMPDIR after every stop.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _Server(uv_config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for "ended by this signal"
