@@ -61,16 +61,27 @@ def served_deployments(prefect_file: Path) -> list[Any]:
 
 
 def serve_all(prefect_file: Path, limit: int | None = None) -> None:
-    """Serve until interrupted, naming the scheduled runs meanwhile (flows/names.py)."""
+    """Serve until stopped (Ctrl-C, or SIGTERM as from a service manager), naming the
+    scheduled runs meanwhile (flows/names.py). Leaves no temporary files behind."""
+    import shutil
+    import tempfile
     import threading
 
     from prefect import serve
 
     from flows.names import keep_naming
 
+    # Prefect's runner keeps a scratch folder under the temporary directory and, when stopped
+    # (its own SIGTERM handler, or Ctrl-C), does not remove it: its removal follows a step that
+    # the stop cancels. One `runner_storage/<uuid>` was left in /tmp per stop; here it lies in
+    # a folder of this process's, removed as it ends.
+    scratch = tempfile.mkdtemp(prefix="valence-pipeline-serve-")
+    tempfile.tempdir = scratch
     stop = threading.Event()
     keep_naming(stop)
     try:
         serve(*served_deployments(prefect_file), limit=limit)
     finally:
         stop.set()
+        tempfile.tempdir = None
+        shutil.rmtree(scratch, ignore_errors=True)

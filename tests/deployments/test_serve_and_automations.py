@@ -128,7 +128,9 @@ def test_serve_runs_the_upload_deployment_from_one_process(
 
     upgrade(pg_url)
     server = real_prefect_server
-    env = server.env(**pipeline_env(seaweedfs, emu, pg_url, tmp_path / "parquet"))
+    tmp = tmp_path / "tmp"  # its temporary files: none may be left once it has stopped
+    tmp.mkdir()
+    env = server.env(**pipeline_env(seaweedfs, emu, pg_url, tmp_path / "parquet"), TMPDIR=str(tmp))
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -173,12 +175,15 @@ def test_serve_runs_the_upload_deployment_from_one_process(
         while time.monotonic() < deadline and not _named(planned := flow_runs(server, nightly["id"])):
             time.sleep(1)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: serve stops its runner
+        proc.send_signal(signal.SIGTERM)  # how a service manager stops it
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert proc.returncode == 0, log_path.read_text()[-4000:]
+    assert "Pausing all deployments" in log_path.read_text()  # Prefect's own shutdown ran
+    assert list(tmp.iterdir()) == []
     [run] = [r for r in runs if r["parameters"]["uris"] == [uri]]
     assert run["state"]["type"] == "COMPLETED", log_path.read_text()[-4000:]
     assert run["work_pool_name"] is None  # served, not through a work pool
