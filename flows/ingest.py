@@ -28,6 +28,7 @@ from tasks.process import process, sweep
 from tasks.report import build_summary, draw_pictures, publish_report
 from tasks.run_logs import send_pipeline_logs_to_prefect
 from tasks.runs import close_run, failed_versions, open_run
+from valence_client.redaction import failures_redacted
 from valence_pipeline.runtime import runtime, share_malloc_arenas
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def _sources(source: str | list[str]) -> list[str]:
 
 
 @flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"), **HOOKS)
+@failures_redacted
 def nightly_ingest(
     source: str | list[str],
     since: datetime | None = None,
@@ -203,6 +205,7 @@ def nightly_ingest(
 
 
 @flow(name="process-recordings", flow_run_name=_upload_name, **HOOKS)
+@failures_redacted
 def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any] | State:
     """The given objects (an upload event names one; `s3://b/k?versionId=V` pins a version)."""
     objects = resolve(uris)
@@ -210,6 +213,7 @@ def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any
 
 
 @flow(name="process-batch", **HOOKS)  # named by the night when it schedules the run (see `_work`)
+@failures_redacted
 def process_batch(
     recording_ids: list[int], parent_run_id: str, resend_unknown: bool = False
 ) -> dict[str, Any] | State:
@@ -239,6 +243,7 @@ def process_batch(
 
 
 @flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), **HOOKS)
+@failures_redacted
 def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     """Recordings that ended failed get another go; jobs that completed are not paid again, and
     a submit whose answer was lost is sent again (that is what an operator's retry is for)."""
@@ -248,6 +253,7 @@ def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
 
 
 @flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), **HOOKS)
+@failures_redacted
 def backfill(
     source: str | list[str], start: date, end: date, max_files: int | None = None
 ) -> dict[str, Any] | State:

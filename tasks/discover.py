@@ -11,6 +11,7 @@ from datetime import datetime
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from valence_client.redaction import failures_redacted
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import (
     LIST_PAGE_SIZE,
@@ -45,6 +46,7 @@ class Registered:
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
+@failures_redacted
 def discover(
     sources: list[str],
     run_id: str,
@@ -132,6 +134,7 @@ def _resolve_name() -> str:
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
+@failures_redacted
 def register(objects: list[ObjectVersion], n: int, run_id: str) -> Registered:
     """Put these versions in the database (one bulk upsert) and take the unfinished ones on
     for this run: from here on the database, not this process, knows where each one is."""
@@ -145,6 +148,7 @@ def register(objects: list[ObjectVersion], n: int, run_id: str) -> Registered:
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
+@failures_redacted
 def resolve(uris: list[str]) -> list[ObjectVersion]:
     """Each given object at the version its URI names (`s3://b/k?versionId=V`, what an upload
     event carries), or at its current version (`s3://b/k`)."""

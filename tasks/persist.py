@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset_child import DATASET_CHILD
+from valence_client.redaction import failures_redacted
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
     retry_delay_seconds=[5, 30],
     cache_policy=NO_CACHE,
 )
+@failures_redacted
 def export_dataset(run_id: str, recording_ids: list[int] | None) -> list[str]:
     """One dataset commit for what the run stored (not a file per recording), read from the
     database so the dataset and the database agree row for row; the recordings become
@@ -34,6 +36,7 @@ def export_dataset(run_id: str, recording_ids: list[int] | None) -> list[str]:
     retry_delay_seconds=[5, 30],
     cache_policy=NO_CACHE,
 )
+@failures_redacted
 def compact_dataset(run_id: str) -> int:
     """Nightly housekeeping: small files merged per partition, crash leftovers removed.
     A concurrent run's commit wins and this one retries on the new snapshot."""

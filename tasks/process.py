@@ -17,6 +17,7 @@ from collections.abc import Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from valence_client.redaction import failures_redacted
 from valence_pipeline.engine import Engine, RunScope
 from valence_pipeline.runtime import Runtime, runtime
 
@@ -40,6 +41,7 @@ def analyse(rt: Runtime) -> Callable[[int], None]:
 
 
 @task(name="process", task_run_name="process {n} recordings", cache_policy=NO_CACHE)
+@failures_redacted
 def process(
     recording_ids: list[int], n: int, run_id: str, batch_run_id: str, resend_unknown: bool = False
 ) -> None:
@@ -50,6 +52,7 @@ def process(
 
 
 @task(name="sweep", task_run_name="sweep {n} recordings", cache_policy=NO_CACHE)
+@failures_redacted
 def sweep(recording_ids: list[int], n: int, run_id: str, others_done: Callable[[], bool]) -> None:
     """While the night's batches run on the work pool: take over what a dead worker left
     (expired leases) and, once every batch has ended, anything nobody took."""

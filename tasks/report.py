@@ -17,7 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from valence_client.redaction import redact
+from valence_client.redaction import failures_redacted, redact
 from valence_pipeline.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ def build_summary(run_id: str, run_name: str, api: dict[str, int], dataset_files
 
 
 @task(name="pictures", task_run_name="pictures of {day}", cache_policy=NO_CACHE)
+@failures_redacted
 def draw_pictures(day: dt.date) -> str:
     """`pictures_markdown`, drawn in the run's dataset child (tasks/dataset_child.py): matplotlib and
     the PNGs stay out of the flow process, and the child's imports are paid already."""
@@ -218,6 +219,7 @@ def draw_pictures(day: dt.date) -> str:
 
 
 @task(name="report", task_run_name="report {summary.run_name}", cache_policy=NO_CACHE)
+@failures_redacted
 def publish_report(summary: RunSummary, pictures: str = "") -> str:
     """Publish the summary (with the night's `pictures` below it) and the per-file table;
     returns the summary's text (also printed by the CLI, so without the pictures)."""

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.hooks import close_stale_runs
+from valence_client.redaction import failures_redacted
 from valence_pipeline import __version__
 from valence_pipeline.runtime import runtime
 from valence_pipeline.s3 import ObjectVersion
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 @task(
     name="open-run", task_run_name="open run {name}", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE
 )
+@failures_redacted
 def open_run(
     run_id: str,
     name: str,
@@ -42,11 +44,13 @@ def open_run(
 
 
 @task(name="close-run", task_run_name="close run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@failures_redacted
 def close_run(run_id: str, counts: dict[str, int], failed: bool = False) -> None:
     runtime().store.finish_run(run_id, counts=counts, failed=failed)
 
 
 @task(name="failed-recordings", cache_policy=NO_CACHE)
+@failures_redacted
 def failed_versions(max_files: int | None) -> list[ObjectVersion]:
     """Object versions whose recording ended `failed`, oldest first."""
     return runtime().store.failed_object_versions(limit=max_files)

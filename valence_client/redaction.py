@@ -8,10 +8,16 @@ formatted exception text.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
-from typing import Any
+import types
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 REDACTED = "[REDACTED]"
 
@@ -50,6 +56,46 @@ def redact(text: str) -> str:
     text = _SIGNED_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
     text = _S3_ECHO.sub(lambda m: f"<{m.group(1)}>{REDACTED}</{m.group(1)}>", text)
     return _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class RedactedError(Exception):
+    """Stands in for an exception whose text held a secret: its type's name and its text, the
+    secrets masked. Our own errors are redacted when they are built; another library's (a
+    driver quoting its connection URL, an HTTP error quoting a signed URL) are not."""
+
+
+def without_secrets(exc: BaseException) -> BaseException:
+    """`exc` itself if its text holds no secret, else a `RedactedError` with the text masked."""
+    text = str(exc)
+    clean = redact(text)
+    return exc if clean == text else RedactedError(f"{type(exc).__name__}: {clean}")
+
+
+def failures_redacted(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, whose exceptions leave it without secrets in their text (`without_secrets`).
+
+    For the functions under Prefect's tasks and flows: Prefect stores a failure's text in the
+    run's state message and pickles a failed flow's exception into its result storage on the
+    worker, both outside logging and its redaction. The traceback (code, not values) stays."""
+
+    clean = without_secrets  # a closure, not a global: see below
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            safe = clean(exc)
+            if safe is exc:
+                raise
+            raise safe.with_traceback(exc.__traceback__) from None
+
+    # Prefect resolves a flow's parameter annotations (strings, under `from __future__ import
+    # annotations`) in its function's module namespace, `__globals__`: the wrapper gets
+    # `fn`'s, else a `date` parameter could not be validated from JSON.
+    wrapper = types.FunctionType(call.__code__, fn.__globals__, fn.__name__, None, call.__closure__)
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__failures_redacted__ = True  # type: ignore[attr-defined]  # checked by the tests
+    return wrapper
 
 
 def redact_url(url: str) -> str:

@@ -72,3 +72,39 @@ def test_debug_logs_and_errors_hold_no_key_and_no_signature(
         for error in errors:
             assert secret not in str(error) and secret not in repr(error), secret
             assert secret not in str(error.body)
+
+
+def test_an_exception_holding_a_secret_leaves_a_wrapped_function_without_it() -> None:
+    from valence_client.redaction import RedactedError, failures_redacted, register_secret
+
+    register_secret("db-pass-7b1e")
+
+    @failures_redacted
+    def connect(url: str) -> None:
+        raise RuntimeError(f"cannot reach {url}")
+
+    with pytest.raises(RedactedError) as caught:
+        connect("postgresql://app:db-pass-7b1e@db/results?X-Amz-Signature=" + SIGNATURE)
+    text = str(caught.value)
+    assert text.startswith("RuntimeError: cannot reach postgresql://app:[REDACTED]@db/results")
+    assert "db-pass-7b1e" not in text and SIGNATURE not in text
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # not chained
+    # The traceback still leads to the line that raised.
+    assert caught.traceback[-1].name == "connect"
+
+
+def test_an_exception_without_a_secret_leaves_unchanged() -> None:
+    from valence_client.redaction import failures_redacted
+
+    class Refused(Exception):
+        pass
+
+    error = Refused("quota exhausted")
+
+    @failures_redacted
+    def submit() -> None:
+        raise error
+
+    with pytest.raises(Refused) as caught:
+        submit()
+    assert caught.value is error  # same object: callers that catch by type still do

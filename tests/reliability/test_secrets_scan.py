@@ -15,7 +15,9 @@ Run on its own: `pytest tests/reliability/test_secrets_scan.py -q -s` (prints it
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -71,14 +73,20 @@ def test_worker_run_flow_process_redacts_its_logs(prefect_api: str, tmp_path: Pa
         # failing, 60 s by default; a second still goes through the reconnect path.
         "VALENCE_PIPELINE_DATABASE_RECONNECT_WAIT_S": "1",
     }
+    home = tmp_path / "prefect-home"
     run = run_as_worker(
         "flows/ingest.py:nightly_ingest",
         {"source": "s3://recordings/in/", "trigger": "manual"},
         env,
+        home=home,
         prelude=_LEAKY_STORAGE,
     )
     stored = flow_run_logs(run.flow_run_id)
     state = flow_run_state_message(run.flow_run_id)
+    states = prefect_texts(run.flow_run_id)["states"]
+    # What Prefect writes on the worker: a failed flow run's exception, pickled (always, whatever
+    # the result-persistence settings say).
+    written = [_with_base64_decoded(p.read_bytes()) for p in home.rglob("*") if p.is_file()]
     output = run.stdout + run.stderr
     print(
         f"\nworker-run flow: exit {run.returncode}, {len(output.splitlines())} output lines, "
@@ -89,10 +97,23 @@ def test_worker_run_flow_process_redacts_its_logs(prefect_api: str, tmp_path: Pa
     assert "storage refused" in output and REDACTED in output, output[-3000:]
     assert any("storage refused" in m for m in stored) and any(REDACTED in m for m in stored), stored
     assert any("retrying https://s3.example/" in m for m in stored), stored
+    assert any("storage refused" in m for m in states), states
+    assert any(b"storage refused" in blob for blob in written), "Prefect wrote no failure on the worker"
     # ... and no secret survived anywhere it was written.
     for name, value in keys.items():
         assert value not in output, f"{name} in the flow process's output"
         assert not [m for m in stored if value in m], f"{name} in the Prefect logs"
+        assert not [m for m in states if value in m], f"{name} in a flow or task run's state"
+        assert not [b for b in written if value.encode() in b], f"{name} in a file under the Prefect home"
+
+
+def _with_base64_decoded(blob: bytes) -> bytes:
+    """A file's bytes, followed by what each run of base64 in it decodes to (Prefect stores
+    pickles as base64 text)."""
+    decoded = [
+        base64.b64decode(run + b"=" * (-len(run) % 4)) for run in re.findall(rb"[A-Za-z0-9+/]{40,}", blob)
+    ]
+    return b"\n".join([blob, *decoded])
 
 
 def test_database_url_is_a_secret_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,6 +250,7 @@ def test_no_secret_anywhere_after_a_run_with_faults(
         "flows/ingest.py:nightly_ingest",
         {"source": f"s3://{bucket}/in/", "trigger": "manual"},
         env,
+        home=tmp_path / "prefect-home",
         prelude=_CAPTURE_SIGNATURES,
     )
     signatures = sorted(set(captured.read_text().split())) if captured.exists() else []

@@ -66,13 +66,19 @@ def run_as_worker(
     parameters: dict[str, Any],
     env: dict[str, str],
     *,
+    home: Path,
     prelude: str = "",
     timeout_s: float = 300,
 ) -> WorkerRun:
-    """Create a flow run of `entrypoint` and run it as a process worker would; wait for it."""
+    """Create a flow run of `entrypoint` and run it as a process worker would, with `home` as
+    its Prefect home (where Prefect keeps what it writes on the worker); wait for it."""
     flow_run_id = create_flow_run(entrypoint, parameters)
-    child_env = {**env, "PREFECT_API_URL": current_api_url(), "PREFECT__FLOW_RUN_ID": flow_run_id}
-    child_env.pop("PREFECT_HOME", None)
+    child_env = {
+        **env,
+        "PREFECT_API_URL": current_api_url(),
+        "PREFECT__FLOW_RUN_ID": flow_run_id,
+        "PREFECT_HOME": str(home),
+    }
     done = subprocess.run(
         engine_command(prelude),
         cwd=REPO,
