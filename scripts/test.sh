@@ -6,4 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/python -m pytest "$@"
+# The suite's own Prefect home, removed afterwards: never the user's ~/.prefect (its profiles
+# could point at a real server; the suite would leave its files there).
+PREFECT_HOME="$(mktemp -d -t valence-pipeline-tests-prefect.XXXXXX)"
+export PREFECT_HOME
+trap 'rm -rf "$PREFECT_HOME"' EXIT
+.venv/bin/python -m pytest "$@"
