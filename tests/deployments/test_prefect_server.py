@@ -244,9 +244,12 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
         assert f"for {uri}" in sent.stdout
 
         runs = wait_for_runs(deployed, upload["id"], before + 1)
+        [run] = [r for r in runs if r["parameters"].get("uris") == [uri]]
+        # The run's process may still be sending its last log lines when its state says
+        # Completed: read them before the worker (and with it that process) is stopped.
+        lines = run_log_lines(deployed, run["id"], until=f"accepted {uri}")
     finally:
         deployed.stop_workers()
-    [run] = [r for r in runs if r["parameters"].get("uris") == [uri]]
     assert run["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert run["parameters"]["trigger"] == "event"
     assert run["name"] == f"upload {uri}"
@@ -254,10 +257,19 @@ def test_notify_runs_the_upload_deployment_on_a_worker(
     assert recording_statuses(pg_url) == {"calls/new.wav": "completed"}
     # The pipeline's own lines reach the run's Logs tab from the worker's flow-run process,
     # the engine's threads included.
-    body = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
-    lines = [entry["message"] for entry in read_json(deployed, "POST", "/logs/filter", body)]
     assert any(line.startswith(f"accepted {uri}") for line in lines), lines
     assert any("uploaded as" in line for line in lines) and any("submitted as" in line for line in lines)
+
+
+def run_log_lines(server: PrefectServer, run_id: str, until: str, timeout_s: float = 60) -> list[str]:
+    """The run's log lines on the server, once one starts with `until` (or at the timeout)."""
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [entry["message"] for entry in read_json(server, "POST", "/logs/filter", body)]
+        if any(line.startswith(until) for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
 
 
 def test_notify_refuses_a_prefix(deployed: PrefectServer) -> None:
