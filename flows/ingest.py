@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
+from prefect.utilities.hashing import file_hash
 
 from flows.names import day_name, try_naming_scheduled_runs, upload_name
 from tasks.dataset_child import DATASET_CHILD
@@ -38,11 +39,14 @@ log = logging.getLogger(__name__)
 share_malloc_arenas()
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# Every flow marks its `pipeline_runs` row when it ends badly (tasks/hooks.py).
-HOOKS: dict[str, Any] = {
+FLOW_OPTIONS: dict[str, Any] = {
+    # Every flow marks its `pipeline_runs` row when it ends badly (tasks/hooks.py).
     "on_failure": [mark_run_failed],
     "on_crashed": [mark_run_crashed],
     "on_cancellation": [mark_run_crashed],
+    # Prefect's default version, the hash of the flow function's file: of this file, since the
+    # functions below are wrapped (failures_redacted) and the wrapper's file is another.
+    "version": file_hash(__file__),
 }
 
 
@@ -167,7 +171,7 @@ def _sources(source: str | list[str]) -> list[str]:
     return [source] if isinstance(source, str) else list(source)
 
 
-@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"), **HOOKS)
+@flow(name="nightly-ingest", flow_run_name=lambda: _today_name("nightly"), **FLOW_OPTIONS)
 @failures_redacted
 def nightly_ingest(
     source: str | list[str],
@@ -204,7 +208,7 @@ def nightly_ingest(
     return result
 
 
-@flow(name="process-recordings", flow_run_name=_upload_name, **HOOKS)
+@flow(name="process-recordings", flow_run_name=_upload_name, **FLOW_OPTIONS)
 @failures_redacted
 def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any] | State:
     """The given objects (an upload event names one; `s3://b/k?versionId=V` pins a version)."""
@@ -212,7 +216,7 @@ def process_recordings(uris: list[str], trigger: str = "event") -> dict[str, Any
     return process_objects(register(objects, len(objects), _run_id()), _upload_name(), trigger, None)
 
 
-@flow(name="process-batch", **HOOKS)  # named by the night when it schedules the run (see `_work`)
+@flow(name="process-batch", **FLOW_OPTIONS)  # named by the night when it schedules the run (see `_work`)
 @failures_redacted
 def process_batch(
     recording_ids: list[int], parent_run_id: str, resend_unknown: bool = False
@@ -242,7 +246,7 @@ def process_batch(
     return counts
 
 
-@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), **HOOKS)
+@flow(name="retry-failed", flow_run_name=lambda: _today_name("retry-failed"), **FLOW_OPTIONS)
 @failures_redacted
 def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     """Recordings that ended failed get another go; jobs that completed are not paid again, and
@@ -252,7 +256,7 @@ def retry_failed(max_files: int | None = None) -> dict[str, Any] | State:
     return process_objects(taken, _today_name("retry-failed"), "manual", None, resend_unknown=True)
 
 
-@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), **HOOKS)
+@flow(name="backfill", flow_run_name=lambda: _today_name("backfill"), **FLOW_OPTIONS)
 @failures_redacted
 def backfill(
     source: str | list[str], start: date, end: date, max_files: int | None = None
