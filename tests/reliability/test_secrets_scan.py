@@ -81,9 +81,9 @@ def test_worker_run_flow_process_redacts_its_logs(prefect_api: str, tmp_path: Pa
         home=home,
         prelude=_LEAKY_STORAGE,
     )
-    stored = flow_run_logs(run.flow_run_id)
+    on_server = prefect_texts(run.flow_run_id)
+    stored, states = on_server["logs"], on_server["states"]
     state = flow_run_state_message(run.flow_run_id)
-    states = prefect_texts(run.flow_run_id)["states"]
     # What Prefect writes on the worker: a failed flow run's exception, pickled (always, whatever
     # the result-persistence settings say).
     written = [_with_base64_decoded(p.read_bytes()) for p in home.rglob("*") if p.is_file()]
